@@ -1,0 +1,43 @@
+# Set-up and everyday commands. `make serve` and `make test` do everything needed on a
+# fresh machine (virtualenv, torch, the project, the bundled model) and are idempotent.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The torch build is chosen here, before the project's own `torch>=2.4` range is seen:
+# on this project's CI/dev machines `torch==2.13.0` resolves to a CPU wheel on local
+# disk; on an ordinary Linux x86_64 machine the same line pulls PyPI's CUDA build. For
+# another build pass it explicitly, e.g.
+#   make install TORCH='torch==2.13.0 --index-url <your CUDA or CPU wheel index>'
+TORCH  ?= torch==2.13.0
+
+.PHONY: install model serve test bench lint clean
+
+install: $(STAMP) model
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/llm-gateway models pull
+
+serve: install
+	$(BIN)/llm-gateway serve $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/decode.py $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy gateway backend policies plugins
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

