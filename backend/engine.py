@@ -71,6 +71,8 @@ class Engine:
         self.device = loaded.model.embed_tokens.weight.device
         self.dtype = loaded.model.embed_tokens.weight.dtype
         ctx = loaded.config.max_position_embeddings
+        if max_model_len is not None and max_model_len < 2:
+            raise ValueError("max_model_len must be at least 2")
         self.max_model_len = min(max_model_len or ctx, ctx)
         self._waiting: deque[Request] = deque()
         self._streams: dict[str, RequestStream] = {}

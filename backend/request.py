@@ -50,7 +50,11 @@ class Request:
 
 
 class RequestStream:
-    """Async iterator over a request's deltas. Closing it early aborts the request."""
+    """Async iterator over a request's deltas; `abort()` stops the request early.
+
+    Merely leaving the `async for` does not stop generation: callers that may stop
+    reading (a client going away) call `abort()` in a `finally`.
+    """
 
     def __init__(self, engine: Engine, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.request_id = request_id

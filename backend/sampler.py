@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+# Temperatures below this are treated as greedy: dividing logits by a near-zero value
+# overflows float32 (inf -> NaN probabilities) long before it means anything different.
+GREEDY_EPS = 1e-5
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is a signed 64-bit integer
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -31,12 +36,14 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError("seed must be a signed 64-bit integer")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_EPS
 
     def make_generator(self, device: torch.device) -> torch.Generator | None:
         if self.greedy:
@@ -45,7 +52,7 @@ class SamplingParams:
         if self.seed is None:
             gen.seed()
         else:
-            gen.manual_seed(self.seed)
+            gen.manual_seed(self.seed % 2**64)  # torch takes the seed as an unsigned 64-bit value
         return gen
 
 

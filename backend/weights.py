@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -109,16 +110,17 @@ def _load_safetensors_folder(folder: Path, dtype: torch.dtype, device: torch.dev
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{folder}: no *.safetensors files")
-    raw: dict[str, Callable[[], torch.Tensor]] = {}
-    handles = [safe_open(str(f), framework="pt") for f in files]
-    for h in handles:
-        for key in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
-            raw[key] = lambda h=h, key=key: h.get_tensor(key).float()
+    # Tensor name -> the open file holding it; tensors are read lazily, one at a time.
+    owner: dict[str, Any] = {}
+    for f in files:
+        handle = safe_open(str(f), framework="pt")
+        owner.update(dict.fromkeys(handle.keys(), handle))
 
     def get(name: str) -> torch.Tensor:
-        if name not in raw:
+        if name not in owner:
             raise ValueError(f"{folder}: tensor {name} is missing")
-        return raw[name]()
+        tensor: torch.Tensor = owner[name].get_tensor(name)
+        return tensor.float()
 
     def state() -> Iterator[tuple[str, torch.Tensor]]:
         yield "embed_tokens.weight", get("model.embed_tokens.weight")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
@@ -97,17 +98,17 @@ _HTTP_TYPES = {
 }
 
 
-def handle_openai_error(_: Request, exc: OpenAIError) -> Response[bytes]:
+def handle_openai_error(_: Request[Any, Any, Any], exc: OpenAIError) -> Response[bytes]:
     return exc.to_response()
 
 
-def handle_http_exception(_: Request, exc: HTTPException) -> Response[bytes]:
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     type_ = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     return error_response(status, str(exc.detail), type_)
 
 
-def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(
         500, "The server had an error while processing your request.", "server_error"

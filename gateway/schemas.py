@@ -17,6 +17,7 @@ TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 Stop = str | Annotated[list[str], Meta(max_length=4)] | None
 
 
@@ -62,7 +63,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
@@ -89,7 +90,7 @@ class CompletionRequest(Struct, kw_only=True):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     echo: bool | None = False
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None

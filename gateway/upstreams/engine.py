@@ -9,6 +9,7 @@ refused with a 400 naming them, never silently ignored.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -233,16 +234,8 @@ class EngineUpstream:
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k,
-        seed=seed,
-        stop=params.stop,
-        stop_token_ids=params.stop_token_ids,
-        ignore_eos=params.ignore_eos,
-    )
+    wrapped = (seed + 2**63) % 2**64 - 2**63  # stay a signed 64-bit value past the top
+    return dataclasses.replace(params, seed=wrapped)
 
 
 async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Delta]]:
@@ -323,8 +316,7 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "logprobs": bool(request.logprobs),
         "top_logprobs": bool(request.top_logprobs),
         "tools": bool(request.tools),
-        "response_format": bool(request.response_format)
-        and request.response_format.get("type") not in (None, "text"),
+        "response_format": (request.response_format or {}).get("type") not in (None, "text"),
     }
     for name, used in unsupported.items():
         if used:

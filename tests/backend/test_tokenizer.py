@@ -1,13 +1,15 @@
-"""backend.tokenizer against transformers' own GGUF tokenizer (the reference), offline."""
+"""backend.tokenizer against transformers' own GGUF tokenizer (the reference), offline.
+
+Fixtures (metadata, tok, ref, load_reference, spm_gguf) come from conftest.py; the
+pre-tokenizer and chat template tests are in test_pretokenizers.py / test_chat_template.py."""
 
 # ruff: noqa: RUF001  (multilingual test text on purpose)
 
 from __future__ import annotations
 
 import json
-import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,45 +76,6 @@ DIGIT_AFTER_SPACES = [
     "  7 leading spaces before a digit",
 ]
 
-MESSAGE_LISTS: list[list[dict[str, Any]]] = [
-    [{"role": "user", "content": "Hi"}],
-    [
-        {"role": "system", "content": "You are a pirate."},
-        {"role": "user", "content": "Where is the treasure?"},
-    ],
-    [
-        {"role": "user", "content": "What is 2+2?"},
-        {"role": "assistant", "content": "4"},
-        {"role": "user", "content": "And 3+3? 😀 日本語"},
-    ],
-]
-
-@pytest.fixture(scope="module")
-def metadata(smollm2_gguf: Path) -> dict[str, Any]:
-    return GGUFFile(smollm2_gguf).metadata
-
-
-@pytest.fixture(scope="module")
-def tok(metadata: dict[str, Any]) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(metadata)
-
-
-def _load_reference(folder: Path, name: str) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
-
-
-@pytest.fixture(scope="module")
-def ref(smollm2_gguf: Path) -> Iterator[Any]:
-    """transformers' tokenizer for the same GGUF, loaded offline."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield _load_reference(smollm2_gguf.parent, smollm2_gguf.name)
-
 
 @pytest.fixture(scope="module")
 def ref_smollm2_pre(ref: Any) -> Any:
@@ -139,8 +102,9 @@ def test_encode_matches_reference(tok: Tokenizer, ref: Any, text: str) -> None:
 
 
 @pytest.mark.parametrize("text", TEXTS + DIGIT_AFTER_SPACES)
-def test_encode_matches_smollm2_pretokenizer(tok: Tokenizer, ref_smollm2_pre: Any,
-                                             text: str) -> None:
+def test_encode_matches_smollm2_pretokenizer(
+    tok: Tokenizer, ref_smollm2_pre: Any, text: str
+) -> None:
     assert tok.encode(text) == ref_smollm2_pre.encode(text, add_special_tokens=False).ids
 
 
@@ -271,145 +235,6 @@ def test_incremental_detokenizer_random_ids_match_decode(tok: Tokenizer) -> None
     assert out == tok.decode(ids)
 
 
-# ---- chat template -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("messages", MESSAGE_LISTS)
-def test_chat_template_matches_reference(tok: Tokenizer, ref: Any,
-                                         messages: list[dict[str, Any]]) -> None:
-    ours = tok.apply_chat_template(messages, add_generation_prompt=True)
-    assert ours == ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert tok.encode(ours) == ref.encode(ours, add_special_tokens=False)
-    no_prompt = tok.apply_chat_template(messages, add_generation_prompt=False)
-    assert no_prompt == ref.apply_chat_template(messages, tokenize=False,
-                                                add_generation_prompt=False)
-    assert not no_prompt.endswith("<|im_start|>assistant\n")
-
-
-def test_chat_template_default_system_prompt(tok: Tokenizer) -> None:
-    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
-    assert rendered.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert rendered.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-
-
-def test_chat_template_errors(metadata: dict[str, Any]) -> None:
-    no_template = dict(metadata)
-    del no_template["tokenizer.chat_template"]
-    t = Tokenizer.from_gguf_metadata(no_template)
-    assert t.chat_template is None
-    with pytest.raises(ValueError, match="no chat template"):
-        t.apply_chat_template([{"role": "user", "content": "Hi"}])
-
-    raising = Tokenizer.from_gguf_metadata(
-        {
-            **metadata,
-            "tokenizer.chat_template": (
-                "{% if messages[0]['role'] != 'user' %}"
-                "{{ raise_exception('Conversation must start with a user message') }}"
-                "{% endif %}{{ bos_token }}{{ messages[0]['content'] }}"
-            ),
-        }
-    )
-    with pytest.raises(ValueError, match="Conversation must start with a user message"):
-        raising.apply_chat_template([{"role": "assistant", "content": "x"}])
-    assert raising.apply_chat_template([{"role": "user", "content": "x"}]) == "<|im_start|>x"
-
-    broken = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.chat_template": "{% for %}"})
-    with pytest.raises(ValueError, match="chat template"):
-        broken.apply_chat_template([{"role": "user", "content": "x"}])
-
-    # the sandbox refuses unsafe attribute access
-    unsafe = Tokenizer.from_gguf_metadata(
-        {**metadata, "tokenizer.chat_template": "{{ messages.__class__.__mro__ }}"}
-    )
-    with pytest.raises(ValueError):
-        unsafe.apply_chat_template([{"role": "user", "content": "x"}])
-
-
-def test_chat_template_generation_tag(metadata: dict[str, Any]) -> None:
-    t = Tokenizer.from_gguf_metadata(
-        {
-            **metadata,
-            "tokenizer.chat_template": (
-                "{% for m in messages %}{% if m['role'] == 'assistant' %}"
-                "{% generation %}{{ m['content'] }}{% endgeneration %}"
-                "{% else %}{{ m['content'] }}{% endif %}|{% endfor %}"
-            ),
-        }
-    )
-    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    assert t.apply_chat_template(msgs) == "a|b|"
-
-
-def test_chat_template_extras(metadata: dict[str, Any]) -> None:
-    t = Tokenizer.from_gguf_metadata(
-        {
-            **metadata,
-            "tokenizer.chat_template": (
-                "{%- for m in messages %}\n"
-                "  {{- m['role'] }}: {{ m['content'] }}\n"
-                "{% endfor %}\n"
-                "{%- if tools %}{{ tools | tojson }}{% endif %}"
-                "{%- if add_generation_prompt %}assistant:{% endif %}"
-                "{{ custom | default('') }}"
-            ),
-        }
-    )
-    msgs = [{"role": "user", "content": "hé"}]
-    assert t.apply_chat_template(msgs) == "user: hé\nassistant:"
-    assert t.apply_chat_template(msgs, add_generation_prompt=False, custom="!") == "user: hé\n!"
-    tools = [{"type": "function", "function": {"name": "f", "description": "é"}}]
-    assert '"description": "é"' in t.apply_chat_template(msgs, tools=tools)
-
-
-# ---- pre-tokenizer selection ---------------------------------------------------------------
-
-
-def _pieces(t: Tokenizer, text: str) -> list[str]:
-    pre = t._backend.pre_tokenizer
-    assert pre is not None
-    return [p for p, _ in pre.pre_tokenize_str(text)]
-
-
-def test_pre_tokenizer_by_name(metadata: dict[str, Any]) -> None:
-    def build(pre: str) -> Tokenizer:
-        return Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.pre": pre})
-
-    assert _pieces(build("smollm"), "ab 1234") == ["ab", "Ġ", "1", "2", "3", "4"]
-    assert _pieces(build("gpt-2"), "ab 1234") == ["ab", "Ġ1234"]
-    assert _pieces(build("llama-bpe"), "ab 1234567") == ["ab", "Ġ", "123", "456", "7"]
-    assert _pieces(build("qwen2"), "ab 123") == ["ab", "Ġ", "1", "2", "3"]
-    assert _pieces(build("llama-bpe"), "I'LL go") == ["I", "'LL", "Ġgo"]
-    assert build("llama-bpe").add_bos is False  # the file's add_bos_token=False wins
-    no_flag = {k: v for k, v in metadata.items() if k != "tokenizer.ggml.add_bos_token"}
-    assert Tokenizer.from_gguf_metadata({**no_flag, "tokenizer.ggml.pre": "llama-bpe"}).add_bos
-    assert not Tokenizer.from_gguf_metadata({**no_flag, "tokenizer.ggml.pre": "gpt-2"}).add_bos
-
-
-def test_every_known_pre_tokenizer_compiles(caplog: pytest.LogCaptureFixture) -> None:
-    from backend import tokenizer as module
-
-    text = "Hello World 1234567 don't 日本語 😀  \n\t x==y; 3.14 <sentinel:1> IMGIMGAZ"
-    with caplog.at_level(logging.WARNING, logger="backend.tokenizer"):
-        for name in module._PRE_SPLITS:
-            if not name:
-                continue
-            pieces = module._byte_level_pre_tokenizer(name).pre_tokenize_str(text)
-            assert "".join(p for p, _ in pieces) == "".join(
-                module._BYTE_TO_CHAR[b] for b in text.encode()
-            ), name
-    assert caplog.text == ""
-
-
-def test_unknown_pre_tokenizer_falls_back_to_gpt2(metadata: dict[str, Any],
-                                                  caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="backend.tokenizer"):
-        t = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.pre": "no-such-pre"})
-    assert "no-such-pre" in caplog.text
-    assert _pieces(t, "ab 1234") == ["ab", "Ġ1234"]
-    assert t.encode("Hello world") == [19556, 905]
-
-
 def test_unsupported_model_type(metadata: dict[str, Any]) -> None:
     with pytest.raises(NotImplementedError, match="'t5'"):
         Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.model": "t5"})
@@ -435,7 +260,10 @@ def test_from_hf_folder_matches_gguf(tok: Tokenizer, ref: Any, tmp_path: Path) -
         assert hf.decode(ids, skip_special_tokens=False) == text
     for i in (0, 2, 216, 19556, *tok.encode("😀")):
         assert hf.token_bytes(i) == tok.token_bytes(i)
-    msgs = MESSAGE_LISTS[1]
+    msgs = [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "Where is the treasure?"},
+    ]
     assert hf.apply_chat_template(msgs) == tok.apply_chat_template(msgs)
 
 
@@ -458,11 +286,14 @@ def test_from_hf_folder_bos_from_post_processor(ref: Any, tmp_path: Path) -> Non
     spec = json.loads((tmp_path / "tokenizer.json").read_text())
     spec["post_processor"] = {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
-                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "single": [
+            {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
-                                            "tokens": ["<|im_start|>"]}},
+        "special_tokens": {
+            "<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}
+        },
     }
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     hf = Tokenizer.from_hf_folder(tmp_path)
@@ -479,62 +310,6 @@ def test_from_hf_folder_missing(tmp_path: Path) -> None:
 # ---- sentencepiece ('llama') GGUF vocabulary -----------------------------------------------
 
 
-def _write_spm_gguf(path: Path) -> None:
-    """A small sentencepiece-style GGUF: BPE learned on a toy corpus, byte-fallback tokens."""
-    import gguf
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers, trainers
-
-    corpus = [
-        "hello world, this is a small corpus for the sentencepiece test.",
-        "The quick brown fox jumps over the lazy dog. Hello again world!",
-        "tokenizers split words into pieces; pieces merge into tokens.",
-        "numbers 12345 and 3.14 appear too, as do newlines\nand tabs\t.",
-    ] * 20
-    trainer_tok = HFTokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-                                  show_progress=False)
-    trainer_tok.train_from_iterator(corpus, trainer)
-    spec = json.loads(trainer_tok.to_str())["model"]
-    merged = ["".join(m) for m in spec["merges"]]
-    chars = [t for t, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1])
-             if t not in merged and t not in ("<unk>", "<s>", "</s>")]
-    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *chars, *merged]
-    types = [2, 3, 3] + [6] * 256 + [1] * (len(chars) + len(merged))
-    scores = ([0.0] * 259 + [-1000.0 - i for i in range(len(chars))]
-              + [-float(i) for i in range(len(merged))])
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(8)
-    writer.add_feed_forward_length(16)
-    writer.add_head_count(1)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_space_prefix(True)
-    writer.add_chat_template("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
-    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-@pytest.fixture(scope="module")
-def spm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("spm") / "spm.gguf"
-    _write_spm_gguf(path)
-    return path
-
-
 SPM_TEXTS = [
     "hello world",
     "Hello again world!",
@@ -547,12 +322,11 @@ SPM_TEXTS = [
 ]
 
 
-def test_sentencepiece_gguf_matches_reference(spm_gguf: Path, tmp_path: Path) -> None:
+def test_sentencepiece_gguf_matches_reference(
+    spm_gguf: Path, tmp_path: Path, load_reference: Callable[[Path], Any]
+) -> None:
     tok = Tokenizer.from_gguf_metadata(GGUFFile(spm_gguf).metadata)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        ref = _load_reference(spm_gguf.parent, spm_gguf.name)
+    ref = load_reference(spm_gguf)
     assert tok.bos_token == "<s>" and tok.eos_token == "</s>"
     assert tok.eos_token_ids == {2}
     assert tok.add_bos
@@ -609,4 +383,3 @@ def test_gguf_without_token_types(metadata: dict[str, Any]) -> None:
     assert t.encode("<|im_start|>hi<|im_end|>")[0] == 1
     assert t.token_bytes(2) == b""
     assert 2 in t.eos_token_ids
-
