@@ -8,8 +8,7 @@ assigned in place, so no memory is spent on throw-away random initialisation.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,31 +72,13 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> LoadedMo
     cfg = ModelConfig.from_gguf_metadata(gf.metadata, vocab_size=vocab, tied=tied)
     freq_factors = get("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
 
-    def state() -> Iterator[tuple[str, torch.Tensor]]:
-        yield "embed_tokens.weight", get("token_embd.weight")
-        yield "norm.weight", get("output_norm.weight")
-        if not tied:
-            yield "lm_head.weight", get("output.weight")
-        for i in range(cfg.num_layers):
-            b, p = f"blk.{i}.", f"layers.{i}."
-            q = _unpermute_rope(get(b + "attn_q.weight"), cfg.num_heads)
-            k = _unpermute_rope(get(b + "attn_k.weight"), cfg.num_kv_heads)
-            yield p + "self_attn.qkv_proj.weight", torch.cat([q, k, get(b + "attn_v.weight")])
-            yield p + "self_attn.o_proj.weight", get(b + "attn_output.weight")
-            yield (
-                p + "mlp.gate_up_proj.weight",
-                torch.cat([get(b + "ffn_gate.weight"), get(b + "ffn_up.weight")]),
-            )
-            yield p + "mlp.down_proj.weight", get(b + "ffn_down.weight")
-            yield p + "input_layernorm.weight", get(b + "attn_norm.weight")
-            yield p + "post_attention_layernorm.weight", get(b + "ffn_norm.weight")
+    def get_rope(name: str, heads: int) -> torch.Tensor:
+        return _unpermute_rope(get(name), heads)
 
-    model = _build(cfg, state(), dtype, device, freq_factors)
+    state = _llama_state(cfg, GGUF_NAMES, get, get_rope)
+    model = _build(cfg, state, dtype, device, freq_factors)
     name = str(gf.metadata.get("general.name") or path.stem)
     return LoadedModel(model, Tokenizer.from_gguf_metadata(gf.metadata), cfg, name)
-
-
-_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 
 def _load_safetensors_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
@@ -122,28 +103,55 @@ def _load_safetensors_folder(folder: Path, dtype: torch.dtype, device: torch.dev
         tensor: torch.Tensor = owner[name].get_tensor(name)
         return tensor.float()
 
-    def state() -> Iterator[tuple[str, torch.Tensor]]:
-        yield "embed_tokens.weight", get("model.embed_tokens.weight")
-        yield "norm.weight", get("model.norm.weight")
-        if not cfg.tie_word_embeddings:
-            yield "lm_head.weight", get("lm_head.weight")
-        for i in range(cfg.num_layers):
-            b, p = f"model.layers.{i}.", f"layers.{i}."
-            yield (
-                p + "self_attn.qkv_proj.weight",
-                torch.cat([get(b + f"self_attn.{n}_proj.weight") for n in "qkv"]),
-            )
-            yield p + "self_attn.o_proj.weight", get(b + "self_attn.o_proj.weight")
-            yield (
-                p + "mlp.gate_up_proj.weight",
-                torch.cat([get(b + "mlp.gate_proj.weight"), get(b + "mlp.up_proj.weight")]),
-            )
-            yield p + "mlp.down_proj.weight", get(b + "mlp.down_proj.weight")
-            yield p + "input_layernorm.weight", get(b + "input_layernorm.weight")
-            yield p + "post_attention_layernorm.weight", get(b + "post_attention_layernorm.weight")
-
-    model = _build(cfg, state(), dtype, device, None)
+    state = _llama_state(cfg, HF_NAMES, get, lambda name, _heads: get(name))
+    model = _build(cfg, state, dtype, device, None)
     return LoadedModel(model, Tokenizer.from_hf_folder(folder), cfg, folder.name)
+
+
+# Where each tensor of our layout comes from, per format ("{i}" is the layer index).
+GGUF_NAMES = {
+    "embed": "token_embd.weight", "norm": "output_norm.weight", "lm_head": "output.weight",
+    "q": "blk.{i}.attn_q.weight", "k": "blk.{i}.attn_k.weight", "v": "blk.{i}.attn_v.weight",
+    "o": "blk.{i}.attn_output.weight", "gate": "blk.{i}.ffn_gate.weight",
+    "up": "blk.{i}.ffn_up.weight", "down": "blk.{i}.ffn_down.weight",
+    "attn_norm": "blk.{i}.attn_norm.weight", "ffn_norm": "blk.{i}.ffn_norm.weight",
+}  # fmt: skip
+_HF_LAYER = "model.layers.{i}."
+HF_NAMES = {
+    "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "lm_head": "lm_head.weight",
+    "q": _HF_LAYER + "self_attn.q_proj.weight", "k": _HF_LAYER + "self_attn.k_proj.weight",
+    "v": _HF_LAYER + "self_attn.v_proj.weight", "o": _HF_LAYER + "self_attn.o_proj.weight",
+    "gate": _HF_LAYER + "mlp.gate_proj.weight", "up": _HF_LAYER + "mlp.up_proj.weight",
+    "down": _HF_LAYER + "mlp.down_proj.weight", "attn_norm": _HF_LAYER + "input_layernorm.weight",
+    "ffn_norm": _HF_LAYER + "post_attention_layernorm.weight",
+}  # fmt: skip
+
+
+def _llama_state(
+    cfg: ModelConfig,
+    names: dict[str, str],
+    get: Callable[[str], torch.Tensor],
+    get_rope: Callable[[str, int], torch.Tensor],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our state dict, one tensor at a time (so peak memory stays near one tensor).
+
+    `get_rope(name, num_heads)` reads Q or K in rotate-half order.
+    """
+    yield "embed_tokens.weight", get(names["embed"])
+    yield "norm.weight", get(names["norm"])
+    if not cfg.tie_word_embeddings:
+        yield "lm_head.weight", get(names["lm_head"])
+    for i in range(cfg.num_layers):
+        n = {key: name.format(i=i) for key, name in names.items()}
+        p = f"layers.{i}."
+        q = get_rope(n["q"], cfg.num_heads)
+        k = get_rope(n["k"], cfg.num_kv_heads)
+        yield p + "self_attn.qkv_proj.weight", torch.cat([q, k, get(n["v"])])
+        yield p + "self_attn.o_proj.weight", get(n["o"])
+        yield p + "mlp.gate_up_proj.weight", torch.cat([get(n["gate"]), get(n["up"])])
+        yield p + "mlp.down_proj.weight", get(n["down"])
+        yield p + "input_layernorm.weight", get(n["attn_norm"])
+        yield p + "post_attention_layernorm.weight", get(n["ffn_norm"])
 
 
 def _build(

@@ -52,11 +52,10 @@ class ChatMessage(Struct, kw_only=True):
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
+class _GenerationRequest(Struct, kw_only=True):
+    """Fields chat and legacy completions share."""
+
     model: str
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     n: ChoiceCount | None = None
@@ -67,40 +66,32 @@ class ChatCompletionRequest(Struct, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     user: str | None = None
     # Extensions that vLLM also accepts.
     top_k: Annotated[int, Meta(ge=-1)] | None = None
     ignore_eos: bool | None = None
 
 
-class CompletionRequest(Struct, kw_only=True):
-    model: str
+class ChatCompletionRequest(_GenerationRequest, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_GenerationRequest, kw_only=True):
     # A string, a list of strings, a token list, or a list of token lists (checked on use).
     prompt: str | list[str | int | list[int]]
     max_tokens: PositiveInt | None = 16  # the OpenAI default for legacy completions
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    n: ChoiceCount | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: Stop = None
-    seed: Seed | None = None
     echo: bool | None = False
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     suffix: str | None = None
     best_of: PositiveInt | None = None
-    user: str | None = None
-    top_k: Annotated[int, Meta(ge=-1)] | None = None
-    ignore_eos: bool | None = None
 
 
 # ---- responses --------------------------------------------------------------------------

@@ -94,3 +94,36 @@ def test_prefill_logits_match_transformers(ours: LoadedModel, hf_model: Any) -> 
         logits = ours.model.compute_logits(hidden)
         ref = hf_model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(logits, ref, atol=2e-4, rtol=1e-4)
+
+
+def test_safetensors_folder_loads_like_the_gguf(
+    ours: LoadedModel, hf_model: Any, smollm2_gguf: Path, tmp_path: Path
+) -> None:
+    """A Hugging Face folder (config.json, *.safetensors, tokenizer files) loads to the
+    same model and tokenizer as the GGUF it came from."""
+    from safetensors.torch import save_file
+
+    # transformers refuses save_pretrained on a GGUF-loaded model, so write the folder's
+    # parts the way it would: HF tensor names (tied head omitted), its config, its tokenizer.
+    tied = hf_model.config.tie_word_embeddings
+    tensors = {
+        name: t.contiguous()
+        for name, t in hf_model.state_dict().items()
+        if not (tied and name == "lm_head.weight")
+    }
+    save_file(tensors, tmp_path / "model.safetensors")
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(
+            str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name
+        ).save_pretrained(tmp_path)
+    folder = load_model(tmp_path, torch.float32, "cpu")
+    assert folder.config == ours.config
+    messages = PROMPTS[0]
+    ids = ours.tokenizer.encode(ours.tokenizer.apply_chat_template(messages))
+    assert folder.tokenizer.encode(folder.tokenizer.apply_chat_template(messages)) == ids
+    for name, tensor in ours.model.state_dict().items():
+        torch.testing.assert_close(folder.model.state_dict()[name], tensor, msg=name)
