@@ -2,26 +2,30 @@
 
 `add_request()` returns an async iterator of `Delta`s; `abort()` stops a request. The
 model runs on one background thread (torch releases the GIL inside kernels), so the
-event loop serving HTTP never blocks on a forward pass. This version runs one request
-at a time, first come first served; the paged, continuously batched scheduler slots in
-behind the same front.
+event loop serving HTTP never blocks on a forward pass. Each iteration of the loop is
+one step of continuous batching: the scheduler picks sequences and token counts, the
+runner computes them over the paged KV cache, the sampler picks the next tokens, and
+finished requests leave at once so waiting ones can take their place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from backend.kv_cache import SequenceKVCache
+from backend.blocks import BlockManager
 from backend.request import Delta, Request, RequestStream
-from backend.sampler import SamplingParams, sample
+from backend.runner import ModelRunner
+from backend.sampler import SampleRequest, SamplingParams, sample_batch
+from backend.scheduler import Scheduler, SchedulerConfig
+from backend.sequence import Sequence
 from backend.stop_strings import StopStringMatcher
 from backend.tokenizer import IncrementalDetokenizer, Tokenizer
 from backend.weights import LoadedModel, load_model
@@ -41,16 +45,24 @@ class RequestRejected(ValueError):
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str | Path
+    model: str | Path | None = None  # for from_config; Engine() takes a loaded model
     dtype: str = "auto"  # "auto": bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # "auto": cuda when available, else cpu
     max_model_len: int | None = None  # default: the model's own context length
+    block_size: int = 16  # tokens per KV block
+    num_kv_blocks: int | None = None  # default: what kv_cache_gb holds
+    kv_cache_gb: float | None = None  # default: 2 on CPU, 90% of free memory on CUDA
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("max_model_len must be at least 2")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -64,17 +76,28 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, max_model_len: int | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
+        self.config = config
         self.model = loaded.model
         self.tokenizer: Tokenizer = loaded.tokenizer
         self.model_name = loaded.name
         self.device = loaded.model.embed_tokens.weight.device
         self.dtype = loaded.model.embed_tokens.weight.dtype
         ctx = loaded.config.max_position_embeddings
-        if max_model_len is not None and max_model_len < 2:
-            raise ValueError("max_model_len must be at least 2")
-        self.max_model_len = min(max_model_len or ctx, ctx)
-        self._waiting: deque[Request] = deque()
+        num_blocks = config.num_kv_blocks or self._blocks_that_fit(config)
+        # A sequence must fit in the cache on its own, or it could never be scheduled.
+        self.max_model_len = min(config.max_model_len or ctx, ctx, num_blocks * config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
+        )
+        self.runner = ModelRunner(
+            self.model, num_blocks, config.block_size, self.dtype, self.device
+        )
+        self._seq_ids = itertools.count()
+        self._requests: dict[int, Request] = {}  # seq_id -> request (engine thread only)
+        self._pending: list[Request] = []  # added, not yet seen by the step loop
         self._streams: dict[str, RequestStream] = {}
         self._aborted: set[str] = set()
         self._cv = threading.Condition()
@@ -84,9 +107,23 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
+        if config.model is None:
+            raise ValueError("EngineConfig.model is required")
         device = config.resolve_device()
         loaded = load_model(config.model, config.resolve_dtype(device), device)
-        return cls(loaded, config.max_model_len)
+        return cls(loaded, config)
+
+    def _blocks_that_fit(self, config: EngineConfig) -> int:
+        cfg = self.model.config
+        bytes_per_block = (
+            cfg.num_layers * 2 * config.block_size * cfg.num_kv_heads * cfg.head_dim
+            * self.dtype.itemsize
+        )  # fmt: skip
+        budget = config.kv_cache_gb
+        if budget is None and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(1, int(free * 0.9) // bytes_per_block)
+        return max(1, int((budget or 2.0) * 2**30) // bytes_per_block)
 
     # ---- front -------------------------------------------------------------------------
 
@@ -97,11 +134,10 @@ class Engine:
         request_id: str | None = None,
     ) -> RequestStream:
         """Queues a request; must be called from the event loop that will read the stream."""
-        ids = (
-            self.tokenizer.encode(prompt, add_special_tokens=True)
-            if isinstance(prompt, str)
-            else list(prompt)
-        )
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        else:
+            ids = list(prompt)
         if not ids:
             raise RequestRejected("the prompt is empty")
         if any(not 0 <= t < self.tokenizer.vocab_size for t in ids):
@@ -123,7 +159,7 @@ class Engine:
         request_id = request_id or uuid.uuid4().hex
         req = Request(
             request_id=request_id,
-            prompt_token_ids=ids,
+            seq=Sequence(next(self._seq_ids), ids, len(ids)),
             params=params,
             max_tokens=params.max_tokens or room,
             detokenizer=IncrementalDetokenizer(self.tokenizer),
@@ -137,7 +173,7 @@ class Engine:
             if request_id in self._streams:
                 raise RequestRejected(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
-            self._waiting.append(req)
+            self._pending.append(req)
             self._cv.notify()
         return stream
 
@@ -161,56 +197,57 @@ class Engine:
     # ---- step loop (engine thread) -----------------------------------------------------
 
     def _loop(self) -> None:
-        running: Request | None = None
-        with torch.inference_mode():
-            while True:
-                with self._cv:
-                    while not self._stopping and running is None and not self._waiting:
-                        self._cv.wait()
-                    if self._stopping:
-                        self._fail_all(running, RuntimeError("the engine shut down"))
-                        return
-                    if running is None:
-                        running = self._waiting.popleft()
-                    for req in [r for r in self._waiting if r.request_id in self._aborted]:
-                        self._waiting.remove(req)
-                        self._finish(req, "abort")
-                    if running.request_id in self._aborted:
-                        self._finish(running, "abort")
-                        running = None
-                        continue
-                try:
-                    delta = self._step(running)
-                except Exception as exc:  # a failed forward must not kill the loop
-                    log.exception("request %s failed", running.request_id)
-                    with self._cv:
-                        self._release(running)
-                        self._streams.pop(running.request_id).put(exc)
-                    running = None
-                    continue
-                with self._cv:
-                    stream = self._streams[running.request_id]
-                    if delta.finish_reason is not None:
-                        self._release(running)
-                        del self._streams[running.request_id]
-                        running = None
-                stream.put(delta)
+        while True:
+            with self._cv:
+                while not (
+                    self._stopping
+                    or self._pending
+                    or self._aborted
+                    or self.scheduler.has_unfinished
+                ):
+                    self._cv.wait()
+                if self._stopping:
+                    self._fail_all(RuntimeError("the engine shut down"))
+                    return
+                for req in self._pending:
+                    self._requests[req.seq.seq_id] = req
+                    self.scheduler.add(req.seq)
+                self._pending.clear()
+                aborted, self._aborted = self._aborted, set()
+            deltas: list[tuple[Request, Delta | BaseException]] = [
+                self._finish(r, "abort") for r in self._requests_named(aborted)
+            ]
+            if self.scheduler.has_unfinished:
+                deltas += self._step()
+            self._publish(deltas)
 
-    def _step(self, req: Request) -> Delta:
-        if req.cache is None:
-            capacity = len(req.prompt_token_ids) + req.max_tokens
-            req.cache = SequenceKVCache(self.model.config, capacity, self.dtype, self.device)
-            new_ids = req.prompt_token_ids
-        else:
-            new_ids = req.output_token_ids[-1:]
-        start = req.cache.length
-        input_ids = torch.tensor(new_ids, dtype=torch.long, device=self.device)
-        positions = torch.arange(start, start + len(new_ids), device=self.device)
-        hidden = self.model(input_ids, positions, req.cache)
-        logits = self.model.compute_logits(hidden[-1:])[0]
-        token = sample(logits, req.params, req.generator)
-        req.output_token_ids.append(token)
-        return self._advance(req, token)
+    def _step(self) -> list[tuple[Request, Delta | BaseException]]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        try:
+            out = self.runner.execute(batch)
+            self.scheduler.after_step(batch)
+            rows = [
+                SampleRequest(r.params, r.generator, r.prompt_token_ids, r.output_token_ids)
+                for r in (self._requests[s.seq_id] for s in out.sampling)
+            ]
+            results = sample_batch(out.logits, rows)
+        except Exception as exc:  # a failed step fails its requests, not the engine
+            log.exception("engine step failed")
+            failed = [self._requests[s.seq_id] for s in batch.seqs]
+            for req in failed:
+                self._release(req)
+            return [(req, exc) for req in failed]
+        deltas: list[tuple[Request, Delta | BaseException]] = []
+        for seq, result in zip(out.sampling, results, strict=True):
+            req = self._requests[seq.seq_id]
+            seq.append_token(result.token_id)
+            delta = self._advance(req, result.token_id)
+            if delta.finish_reason is not None:
+                self._release(req)
+            deltas.append((req, delta))
+        return deltas
 
     def _advance(self, req: Request, token: int) -> Delta:
         """Applies stop rules to a freshly sampled token and builds the delta."""
@@ -224,45 +261,49 @@ class Engine:
             text, matched = req.stop_matcher.feed(req.detokenizer.add(token))
             if matched:
                 finish = "stop"
-            elif len(req.output_token_ids) >= req.max_tokens:
+            elif req.seq.num_output_tokens >= req.max_tokens:
                 finish = "length"
         if finish is not None and not matched:
             # Nothing more will come: text held back for a possible stop string is final.
             more, matched = req.stop_matcher.feed(req.detokenizer.flush())
             text += more if matched else more + req.stop_matcher.flush()
-        req.finish_reason = finish
         return Delta(
             req.request_id,
             text,
             [token],
             finish,
-            len(req.prompt_token_ids),
-            len(req.output_token_ids),
+            req.seq.num_prompt_tokens,
+            req.seq.num_output_tokens,
         )
 
-    def _finish(self, req: Request, reason: str) -> None:
-        """Ends a request that did not run to completion (caller holds the lock)."""
+    def _requests_named(self, request_ids: set[str]) -> list[Request]:
+        return [r for r in self._requests.values() if r.request_id in request_ids]
+
+    def _finish(self, req: Request, reason: str) -> tuple[Request, Delta]:
+        """Ends a request early (abort); its blocks are freed at once."""
         self._release(req)
-        self._aborted.discard(req.request_id)
-        stream = self._streams.pop(req.request_id, None)
-        if stream is not None:
-            stream.put(
-                Delta(
-                    req.request_id,
-                    "",
-                    [],
-                    reason,
-                    len(req.prompt_token_ids),
-                    len(req.output_token_ids),
-                )
-            )
+        seq = req.seq
+        return req, Delta(
+            req.request_id, "", [], reason, seq.num_prompt_tokens, seq.num_output_tokens
+        )
 
     def _release(self, req: Request) -> None:
-        req.cache = None
-        self._aborted.discard(req.request_id)
+        self.scheduler.finish(req.seq)
+        del self._requests[req.seq.seq_id]
 
-    def _fail_all(self, running: Request | None, exc: BaseException) -> None:
+    def _publish(self, deltas: list[tuple[Request, Delta | BaseException]]) -> None:
+        with self._cv:
+            for req, item in deltas:
+                stream = self._streams.get(req.request_id)
+                if stream is None:
+                    continue
+                if isinstance(item, BaseException) or item.finish_reason is not None:
+                    del self._streams[req.request_id]
+                    self._aborted.discard(req.request_id)
+                stream.put(item)
+
+    def _fail_all(self, exc: BaseException) -> None:
         for stream in self._streams.values():
             stream.put(exc)
         self._streams.clear()
-        self._waiting.clear()
+        self._pending.clear()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.kv_cache import SequenceKVCache
+from backend.attention import AttentionMetadata, paged_attention
 from backend.model_config import ModelConfig
 from backend.rope import apply_rotary, cos_sin_cache, inverse_frequencies
 
@@ -42,8 +42,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SequenceKVCache
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        meta: AttentionMetadata,
+        kv: torch.Tensor,
     ) -> torch.Tensor:
+        """x: [T, hidden]; kv: this layer's cache [2, num_blocks, block_size, Hkv, D]."""
         t = x.shape[0]
         q, k, v = F.linear(x, self.qkv_proj.weight).split(
             [self.q_size, self.kv_size, self.kv_size], dim=-1
@@ -51,23 +57,8 @@ class Attention(nn.Module):
         q = apply_rotary(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, D]
         k = apply_rotary(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        cache.write(self.layer, k, v)
-        k_all, v_all = cache.read(self.layer, t)  # [S, Hkv, D]
-        past = k_all.shape[0] - t
-        mask = None
-        if t > 1 and past > 0:
-            # Query i sits at position past+i and may see keys 0..past+i.
-            q_pos = torch.arange(past, past + t, device=x.device)[:, None]
-            mask = torch.arange(past + t, device=x.device)[None, :] <= q_pos  # [T, S]
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1),  # [H, T, D]
-            k_all.transpose(0, 1),  # [Hkv, S, D]
-            v_all.transpose(0, 1),
-            attn_mask=mask,
-            is_causal=t > 1 and past == 0,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )  # [H, T, D]
-        return F.linear(out.transpose(0, 1).reshape(t, self.q_size), self.o_proj.weight)
+        out = paged_attention(q, k, v, kv[0], kv[1], meta)  # [T, H, D]
+        return F.linear(out.view(t, self.q_size), self.o_proj.weight)
 
 
 class MLP(nn.Module):
@@ -91,11 +82,16 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: SequenceKVCache
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        meta: AttentionMetadata,
+        kv: torch.Tensor,
     ) -> torch.Tensor:
         # Direct .forward calls: nn.Module.__call__ costs microseconds a call, which adds up
         # over ~150 calls per decode step at batch 1.
-        x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache)
+        x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, meta, kv)
         return x + self.mlp.forward(self.post_attention_layernorm.forward(x))
 
 
@@ -119,15 +115,28 @@ class LlamaModel(nn.Module):
         )
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: SequenceKVCache
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_cache: torch.Tensor,
     ) -> torch.Tensor:
-        """input_ids, positions: [T] -> hidden states [T, hidden]. Appends T tokens of KV."""
+        """input_ids, positions: [T]; kv_cache: [L, 2, num_blocks, block_size, Hkv, D].
+
+        Returns hidden states [T, hidden] and writes the T tokens' K/V into the cache.
+        """
         x = F.embedding(input_ids, self.embed_tokens.weight)
         cos, sin = self.rope_cache[positions].to(x.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T,1,D/2]
-        for layer in self.layers:
-            x = layer.forward(x, cos, sin, cache)
-        cache.advance(input_ids.shape[0])
+        for i, layer in enumerate(self.layers):
+            x = layer.forward(x, cos, sin, meta, kv_cache[i])
         return self.norm.forward(x)
+
+    def allocate_kv_cache(
+        self, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        cfg = self.config
+        shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        return torch.zeros(shape, dtype=dtype, device=device)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, vocab]."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from backend.kv_cache import SequenceKVCache
 from backend.sampler import SamplingParams
+from backend.sequence import Sequence
 from backend.stop_strings import StopStringMatcher
 from backend.tokenizer import IncrementalDetokenizer
 
@@ -34,19 +34,20 @@ class Delta:
 @dataclass(slots=True)
 class Request:
     request_id: str
-    prompt_token_ids: list[int]
+    seq: Sequence  # tokens and KV blocks, as the scheduler sees them
     params: SamplingParams
     max_tokens: int  # resolved: params.max_tokens or what the context leaves
     detokenizer: IncrementalDetokenizer
     stop_matcher: StopStringMatcher
     generator: torch.Generator | None
-    output_token_ids: list[int] = field(default_factory=list)
-    cache: SequenceKVCache | None = None
-    finish_reason: str | None = None
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+    def prompt_token_ids(self) -> list[int]:
+        return self.seq.token_ids[: self.seq.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.seq.token_ids[self.seq.num_prompt_tokens :]
 
 
 class RequestStream:

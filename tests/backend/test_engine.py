@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.engine import Engine, RequestRejected
-from backend.kv_cache import SequenceKVCache
+from backend.attention import AttentionMetadata
+from backend.engine import Engine, EngineConfig, RequestRejected
 from backend.request import Delta, RequestStream
 from backend.sampler import SamplingParams
 from backend.weights import LoadedModel, load_model
@@ -50,7 +50,7 @@ def engine(loaded: LoadedModel) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def small_engine(loaded: LoadedModel) -> Iterator[Engine]:
-    eng = Engine(loaded, max_model_len=64)
+    eng = Engine(loaded, EngineConfig(max_model_len=64))
     yield eng
     eng.shutdown()
 
@@ -88,25 +88,19 @@ def _reject(engine: Engine, prompt: str | list[int], params: SamplingParams) -> 
 
 
 def _manual_greedy(loaded: LoadedModel, prompt_ids: list[int], n: int) -> list[int]:
-    """Greedy decoding written out by hand against the model (no EOS check)."""
+    """Greedy decoding written out by hand: the whole sequence is recomputed from scratch
+    each step in a fresh cache, so neither paging nor KV reuse is involved (no EOS check)."""
     model = loaded.model
     device = model.embed_tokens.weight.device
     dtype = model.embed_tokens.weight.dtype
-    cache = SequenceKVCache(model.config, len(prompt_ids) + n, dtype, device)
-    out: list[int] = []
-    new = prompt_ids
+    ids = list(prompt_ids)
     with torch.inference_mode():
         for _ in range(n):
-            start = cache.length
-            hidden = model(
-                torch.tensor(new, dtype=torch.long, device=device),
-                torch.arange(start, start + len(new), device=device),
-                cache,
-            )
-            token = int(torch.argmax(model.compute_logits(hidden[-1:])[0]))
-            out.append(token)
-            new = [token]
-    return out
+            kv = model.allocate_kv_cache(-(-len(ids) // 16), 16, dtype, device)
+            meta = AttentionMetadata.single_prefill(len(ids), 16, device)
+            hidden = model(torch.tensor(ids, device=device), torch.arange(len(ids)), meta, kv)
+            ids.append(int(torch.argmax(model.compute_logits(hidden[-1:])[0])))
+    return ids[len(prompt_ids) :]
 
 
 @pytest.fixture(scope="module")
@@ -333,10 +327,10 @@ def test_failed_request_does_not_stop_the_engine(
 ) -> None:
     # Inject a fault into one step (as a CUDA error or a bad kernel would raise): the
     # request must end with that error, and the engine must go on serving.
-    def broken_sample(*args: object, **kwargs: object) -> int:
+    def broken_sample(*args: object, **kwargs: object) -> list[object]:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr("backend.engine.sample", broken_sample)
+    monkeypatch.setattr("backend.engine.sample_batch", broken_sample)
     with pytest.raises(RuntimeError, match="injected fault"):
         _generate(engine, base.prompt_ids, _greedy(3))
     assert engine.num_unfinished == 0
@@ -413,7 +407,7 @@ def test_request_that_exactly_fills_the_context(small_engine: Engine, loaded: Lo
 
 
 def test_max_model_len_is_capped_by_the_model(loaded: LoadedModel) -> None:
-    eng = Engine(loaded, max_model_len=10**9)
+    eng = Engine(loaded, EngineConfig(max_model_len=10**9))
     try:
         assert eng.max_model_len == loaded.config.max_position_embeddings
     finally:

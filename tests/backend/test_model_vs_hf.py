@@ -85,12 +85,15 @@ def test_greedy_matches_transformers(ours: LoadedModel, hf_model: Any) -> None:
 
 
 def test_prefill_logits_match_transformers(ours: LoadedModel, hf_model: Any) -> None:
-    from backend.kv_cache import SequenceKVCache
+    from backend.attention import AttentionMetadata
 
     ids = ours.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 8)
     with torch.inference_mode():
-        cache = SequenceKVCache(ours.config, len(ids), torch.float32, torch.device("cpu"))
-        hidden = ours.model(torch.tensor(ids), torch.arange(len(ids)), cache)
+        kv = ours.model.allocate_kv_cache(
+            -(-len(ids) // 16), 16, torch.float32, torch.device("cpu")
+        )
+        meta = AttentionMetadata.single_prefill(len(ids), 16)
+        hidden = ours.model(torch.tensor(ids), torch.arange(len(ids)), meta, kv)
         logits = ours.model.compute_logits(hidden)
         ref = hf_model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(logits, ref, atol=2e-4, rtol=1e-4)

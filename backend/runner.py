@@ -1,0 +1,90 @@
+"""Turns a scheduled batch into flat tensors, runs the model, returns next-token logits.
+
+Layout of the flat batch (T tokens): one-token decodes first, then prefill chunks, so
+the attention can batch all decodes in one call. Only the last token of a sequence that
+completes this step needs logits; the LM head runs on those rows alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backend.attention import AttentionMetadata, PrefillSegment
+from backend.model import LlamaModel
+from backend.scheduler import ScheduledBatch
+from backend.sequence import Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    logits: torch.Tensor  # [N, vocab] float32, one row per sampling sequence
+    sampling: list[Sequence]  # the N sequences that yield a token this step, in row order
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        kv_dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_cache = model.allocate_kv_cache(num_blocks, block_size, kv_dtype, device)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        order = sorted(range(len(batch.seqs)), key=lambda i: batch.num_new_tokens[i] != 1)
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        decode_tables: list[list[int]] = []
+        decode_ctx: list[int] = []
+        prefills: list[PrefillSegment] = []
+        last_rows: list[int] = []
+        sampling: list[Sequence] = []
+        for i in order:
+            seq, n = batch.seqs[i], batch.num_new_tokens[i]
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            table = seq.block_table
+            q_start = len(input_ids)
+            input_ids += seq.token_ids[start:end]
+            positions += range(start, end)
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            if n == 1:
+                decode_tables.append(table[: -(-end // bs)])
+                decode_ctx.append(end)
+            else:
+                ids = torch.tensor(table[: -(-end // bs)], dtype=torch.long, device=self.device)
+                prefills.append(PrefillSegment(q_start, n, end, ids))
+            if batch.sampling[i]:
+                last_rows.append(q_start + n - 1)
+                sampling.append(seq)
+
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(slots),
+            num_decodes=len(decode_ctx),
+            decode_block_tables=self._padded(decode_tables) if decode_tables else None,
+            decode_ctx_lens=self._tensor(decode_ctx) if decode_ctx else None,
+            decode_max_ctx=max(decode_ctx, default=0),
+            prefills=prefills,
+        )
+        hidden = self.model.forward(
+            self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache
+        )
+        logits = self.model.compute_logits(hidden[self._tensor(last_rows)])
+        return StepOutput(logits, sampling)
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _padded(self, tables: list[list[int]]) -> torch.Tensor:
+        width = max(len(t) for t in tables)
+        flat = [b for t in tables for b in t + [0] * (width - len(t))]
+        return self._tensor(flat).view(len(tables), width)

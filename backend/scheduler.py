@@ -1,0 +1,138 @@
+"""Continuous batching: which sequences run in the next step, and how many tokens each.
+
+Every step has a token budget. Running sequences go first, in admission order: a
+decode costs one token, a prompt still being prefilled costs up to the rest of the
+budget (chunked prefill), so long prompts never stall the decodes around them. Waiting
+sequences are then admitted first come, first served while budget, sequence slots and
+KV blocks last. When a growing sequence needs a block and none is free, the most
+recently admitted running sequence is preempted: its blocks are freed and it goes back
+to the front of the queue, to be recomputed later (cheaply, when its blocks are still
+in the prefix cache). Plain Python, no torch: the same inputs give the same schedule.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from backend.blocks import BlockManager
+from backend.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64  # sequences in one step
+    max_num_batched_tokens: int = 1024  # tokens in one step (the prefill chunk bound)
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be at least 1")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be at least max_num_seqs")
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)  # tokens fed per sequence
+    # Whether each sequence reaches its last token this step, and so yields a next one.
+    sampling: list[bool] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    def add(self, seq: Sequence, num_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_tokens)
+        self.sampling.append(num_tokens == seq.num_uncomputed_tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order: earlier = higher priority
+        self._next_arrival = 0
+        self.num_preemptions = 0
+        self._preempted_this_step: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        seq.arrival = self._next_arrival
+        self._next_arrival += 1
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.config.max_num_batched_tokens
+        # running: decodes and prompts part-way through a chunked prefill
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            if not self._make_room_for(seq):
+                break  # seq itself was preempted; everything after it already was
+            n = min(seq.num_uncomputed_tokens, budget)
+            batch.add(seq, n)
+            budget -= n
+            i += 1
+        batch.preempted = self._preempted_this_step
+        self._preempted_this_step = []
+        # waiting: admit in order; stop at the first that does not fit (no overtaking),
+        # and admit none in a step that had to preempt (memory is already short).
+        while (
+            self.waiting
+            and budget > 0
+            and not batch.preempted
+            and len(self.running) < self.config.max_num_seqs
+        ):
+            seq = self.waiting[0]
+            if not self.blocks.can_allocate(seq):
+                break
+            self.waiting.popleft()
+            self.blocks.allocate(seq)  # counts prefix-cache hits as computed
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            n = min(seq.num_uncomputed_tokens, budget)
+            batch.add(seq, n)
+            budget -= n
+        return batch
+
+    def _make_room_for(self, seq: Sequence) -> bool:
+        """Ensures seq has KV slots for all its tokens, preempting from the back if needed."""
+        while not self.blocks.can_append(seq):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        self.blocks.append_slots(seq)
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)  # recompute later: KV dropped, tokens kept
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self._preempted_this_step.append(seq)
+        self.num_preemptions += 1
+
+    def after_step(self, batch: ScheduledBatch) -> None:
+        """Records that the step's tokens now have KV (call before appending new tokens)."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += n
+            self.blocks.mark_computed(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Removes a finished sequence and frees its blocks (its full blocks stay cached)."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.FINISHED
