@@ -14,16 +14,19 @@ import asyncio
 import itertools
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from prometheus_client import CollectorRegistry
 
 from backend.blocks import BlockManager
+from backend.metrics import EngineMetrics
 from backend.request import Delta, Request, RequestStream
 from backend.runner import ModelRunner
-from backend.sampler import SampleRequest, SamplingParams, sample_batch
+from backend.sampler import SampleRequest, SampleResult, SamplingParams, sample_batch
 from backend.scheduler import Scheduler, SchedulerConfig
 from backend.sequence import Sequence
 from backend.stop_strings import StopStringMatcher
@@ -76,7 +79,12 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         config = config or EngineConfig()
         self.config = config
         self.model = loaded.model
@@ -95,6 +103,7 @@ class Engine:
         self.runner = ModelRunner(
             self.model, num_blocks, config.block_size, self.dtype, self.device
         )
+        self.metrics = EngineMetrics(self, registry or CollectorRegistry())
         self._seq_ids = itertools.count()
         self._requests: dict[int, Request] = {}  # seq_id -> request (engine thread only)
         self._pending: list[Request] = []  # added, not yet seen by the step loop
@@ -165,6 +174,7 @@ class Engine:
             detokenizer=IncrementalDetokenizer(self.tokenizer),
             stop_matcher=StopStringMatcher(params.stop),
             generator=params.make_generator(self.device),
+            arrival_time=time.monotonic(),
         )
         stream = RequestStream(self, request_id, asyncio.get_running_loop())
         with self._cv:
@@ -228,10 +238,7 @@ class Engine:
         try:
             out = self.runner.execute(batch)
             self.scheduler.after_step(batch)
-            rows = [
-                SampleRequest(r.params, r.generator, r.prompt_token_ids, r.output_token_ids)
-                for r in (self._requests[s.seq_id] for s in out.sampling)
-            ]
+            rows = [self._sample_request(self._requests[s.seq_id]) for s in out.sampling]
             results = sample_batch(out.logits, rows)
         except Exception as exc:  # a failed step fails its requests, not the engine
             log.exception("engine step failed")
@@ -240,18 +247,29 @@ class Engine:
                 self._release(req)
             return [(req, exc) for req in failed]
         deltas: list[tuple[Request, Delta | BaseException]] = []
+        now = time.monotonic()
         for seq, result in zip(out.sampling, results, strict=True):
             req = self._requests[seq.seq_id]
             seq.append_token(result.token_id)
-            delta = self._advance(req, result.token_id)
+            self.metrics.on_token(req, now)
+            delta = self._advance(req, result)
             if delta.finish_reason is not None:
+                self.metrics.on_finish(req, delta.finish_reason, now)
                 self._release(req)
             deltas.append((req, delta))
         return deltas
 
-    def _advance(self, req: Request, token: int) -> Delta:
+    @staticmethod
+    def _sample_request(req: Request) -> SampleRequest:
+        if req.params.needs_history:  # penalties look at the tokens so far
+            return SampleRequest(
+                req.params, req.generator, req.prompt_token_ids, req.output_token_ids
+            )
+        return SampleRequest(req.params, req.generator, (), ())
+
+    def _advance(self, req: Request, result: SampleResult) -> Delta:
         """Applies stop rules to a freshly sampled token and builds the delta."""
-        params = req.params
+        params, token = req.params, result.token_id
         text, matched, finish = "", False, None
         if (token in self.tokenizer.eos_token_ids and not params.ignore_eos) or (
             token in params.stop_token_ids
@@ -274,6 +292,8 @@ class Engine:
             finish,
             req.seq.num_prompt_tokens,
             req.seq.num_output_tokens,
+            None if result.logprob is None else [result.logprob],
+            None if result.logprob is None else [result.top_logprobs],
         )
 
     def _requests_named(self, request_ids: set[str]) -> list[Request]:
@@ -281,6 +301,7 @@ class Engine:
 
     def _finish(self, req: Request, reason: str) -> tuple[Request, Delta]:
         """Ends a request early (abort); its blocks are freed at once."""
+        self.metrics.on_finish(req, reason, time.monotonic())
         self._release(req)
         seq = req.seq
         return req, Delta(

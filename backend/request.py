@@ -29,6 +29,10 @@ class Delta:
     finish_reason: str | None  # None while running; "stop", "length" or "abort" at the end
     prompt_tokens: int
     completion_tokens: int
+    # With SamplingParams.logprobs set: per token in token_ids, its logprob and the
+    # requested number of best alternatives (token id, logprob), best first.
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +44,8 @@ class Request:
     detokenizer: IncrementalDetokenizer
     stop_matcher: StopStringMatcher
     generator: torch.Generator | None
+    arrival_time: float  # time.monotonic() at add_request
+    last_token_time: float | None = None
 
     @property
     def prompt_token_ids(self) -> list[int]:

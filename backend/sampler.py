@@ -11,10 +11,12 @@ Per row, in vLLM's order:
 2. repetition penalty (tokens of the prompt or the output: positive logits divided by it,
    negative ones multiplied), then frequency and presence penalties (output tokens only:
    `logit -= frequency * count + presence * (count > 0)`);
-3. log-probabilities, when asked for, are `log_softmax` of these processed logits, before
-   temperature and truncation (vLLM's "processed_logits" would be after temperature, its
-   default "raw_logprobs" before the penalties; we report what the model plus the
-   request's bias/penalties assign, independent of how the token is then drawn);
+3. log-probabilities, when asked for, are `log_softmax` of these adjusted logits, before
+   temperature and truncation. (vLLM's default, "raw_logprobs", is before bias and
+   penalties too; its "processed" modes are after temperature and top-k/top-p.) Our
+   choice reports what the model plus the request's own bias/penalties assign to each
+   token, independent of how the token is then drawn, so greedy and sampled requests
+   report comparable numbers;
 4. greedy rows (temperature < GREEDY_EPS) take the argmax; the others are divided by
    their temperature, then truncated by top_k, top_p and min_p, and drawn.
 """
@@ -106,7 +108,7 @@ class SamplingParams:
         return self.temperature < GREEDY_EPS
 
     @property
-    def needs_history(self) -> bool:
+    def adjusts_logits(self) -> bool:
         """Whether the logits must be adjusted (bias or penalties) before anything else."""
         return bool(
             self.logit_bias
@@ -208,7 +210,7 @@ def _take(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
 def _processed(logits: torch.Tensor, idx: list[int], rows: list[SampleRequest]) -> torch.Tensor:
     """The rows `idx` of `logits` after logit_bias and penalties (rows without any are
     only gathered). Returns `logits` itself when nothing needs changing."""
-    changing = [j for j, row in enumerate(rows) if row.params.needs_history]
+    changing = [j for j, row in enumerate(rows) if row.params.adjusts_logits]
     sub = _take(logits, idx)
     if not changing:
         return sub
@@ -305,9 +307,9 @@ def _truncation_floor(probs: torch.Tensor, rows: list[SampleRequest]) -> torch.T
     """The probability each row of `probs` [T, vocab] must reach to survive top_k and
     top_p: [T].
 
-    A row's threshold is found among the row's best tokens (torch.topk's values are exact order statistics and
-    cumsum runs along the row, so the threshold does not depend on the other rows).
-    Ties with the threshold are kept.
+    A row's threshold is found among its best tokens (torch.topk's values are exact
+    order statistics and cumsum runs along the row, so the threshold does not depend on
+    the other rows). Ties with the threshold are kept.
     """
     device, vocab = probs.device, probs.shape[1]
     top_k = [r.params.top_k if 0 < r.params.top_k < vocab else 0 for r in rows]

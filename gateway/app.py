@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.errors import EXCEPTION_HANDLERS, ModelNotFound, invalid_body
 from gateway.schemas import (
@@ -100,12 +102,25 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def create_app(gateway: Gateway) -> Litestar:
+def metrics_route(registry: CollectorRegistry) -> HTTPRouteHandler:
+    @get("/metrics", media_type=CONTENT_TYPE_LATEST, sync_to_thread=False)
+    def metrics() -> bytes:
+        return generate_latest(registry)
+
+    return metrics
+
+
+def create_app(gateway: Gateway, registry: CollectorRegistry | None = None) -> Litestar:
+    """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
+
     async def close_upstreams() -> None:
         await gateway.close()
 
+    handlers = [chat_completions, completions, list_models, retrieve_model, health]
+    if registry is not None:
+        handlers.append(metrics_route(registry))
     app = Litestar(
-        route_handlers=[chat_completions, completions, list_models, retrieve_model, health],
+        route_handlers=handlers,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_shutdown=[close_upstreams],
         openapi_config=None,

@@ -15,26 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway with the bundled engine in one process")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="a local GGUF file or Hugging Face safetensors folder "
-        "(default: the bundled SmolLM2-135M-Instruct, pulled on first use)",
+    backend = sub.add_parser(
+        "backend", help="run the bundled engine alone as an OpenAI-compatible server"
     )
-    serve.add_argument(
-        "--served-model-name",
-        default=None,
-        help="the model id clients send (default: the model's file or folder name)",
-    )
-    serve.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
-    )
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    serve.add_argument("--max-model-len", type=int, default=None)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    for p in (serve, backend):
+        _engine_args(p)
 
     models = sub.add_parser("models", help="manage the bundled model")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -52,6 +37,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(args)
     return _serve(args)
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--model", type=Path, default=None,
+        help="a local GGUF file or Hugging Face safetensors folder "
+        "(default: the bundled SmolLM2-135M-Instruct, pulled on first use)",
+    )  # fmt: skip
+    p.add_argument(
+        "--served-model-name", default=None,
+        help="the model id clients send (default: the model's file or folder name)",
+    )  # fmt: skip
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument(
+        "--kv-cache-gb", type=float, default=None,
+        help="KV cache size (default: 2 on CPU, 90%% of free GPU memory)",
+    )  # fmt: skip
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences per batch")
+    p.add_argument(
+        "--max-num-batched-tokens", type=int, default=1024, help="tokens per step (prefill chunk)"
+    )
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -97,7 +110,15 @@ def _serve(args: argparse.Namespace) -> int:
         )
     try:
         config = EngineConfig(
-            model=model_path, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len
+            model=model_path,
+            dtype=args.dtype,
+            device=args.device,
+            max_model_len=args.max_model_len,
+            block_size=args.block_size,
+            kv_cache_gb=args.kv_cache_gb,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            enable_prefix_caching=not args.no_prefix_caching,
         )
         log.info("loading %s", model_path)
         engine = Engine.from_config(config)
@@ -107,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.info(
         "model %s ready on %s (%s)", name, engine.device, str(engine.dtype).replace("torch.", "")
     )
-    app = create_app(Gateway([EngineUpstream(engine, name)]))
+    app = create_app(Gateway([EngineUpstream(engine, name)]), engine.metrics.registry)
     print(
         f"llm-gateway: serving {name} at http://{args.host}:{args.port}/v1",
         file=sys.stderr,

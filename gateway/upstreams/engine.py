@@ -1,9 +1,8 @@
 """The bundled engine as an in-process upstream: OpenAI requests in, engine deltas out.
 
 This is where the OpenAI surface meets the engine's: chat messages are rendered with
-the model's chat template, parameters become `SamplingParams`, `n` choices become n
-engine requests, and deltas become chunks. Parameters the engine cannot honour yet are
-refused with a 400 naming them, never silently ignored.
+the model's chat template, fields become `SamplingParams` (engine_params.py), `n`
+choices become n engine requests, and deltas become chunks.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from backend.engine import Engine, RequestRejected
 from backend.request import Delta, RequestStream
@@ -29,12 +27,21 @@ from gateway.schemas import (
     ChatCompletionRequest,
     ChatDelta,
     ChatMessage,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
     CompletionRequest,
     Usage,
 )
 from gateway.upstreams.base import ChatResult, CompletionResult
+from gateway.upstreams.engine_params import (
+    chat_logprobs,
+    completion_logprobs,
+    message_dict,
+    prompt_list,
+    sampling_params,
+)
+from gateway.upstreams.logprobs import LogprobFormatter, TopList
 
 
 @dataclass(slots=True)
@@ -42,6 +49,18 @@ class _Choice:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[TopList] = field(default_factory=list)
+
+    def add(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.completion_tokens = delta.completion_tokens
+        self.finish_reason = delta.finish_reason
+        if delta.logprobs is not None and delta.top_logprobs is not None:
+            self.token_ids += delta.token_ids
+            self.logprobs += delta.logprobs
+            self.top_logprobs += delta.top_logprobs
 
 
 class EngineUpstream:
@@ -49,6 +68,7 @@ class EngineUpstream:
         self.engine = engine
         self.model_name = model_name
         self.fingerprint = f"llm-gateway-{engine.dtype}".replace("torch.", "")
+        self.logprobs = LogprobFormatter(engine.tokenizer)
 
     def model_ids(self) -> list[str]:
         return [self.model_name]
@@ -62,28 +82,36 @@ class EngineUpstream:
     # ---- chat ------------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
-        _refuse_unsupported(request)
+        k = chat_logprobs(request)
         prompt = self._render(request.messages)
-        params = _sampling_params(request, request.max_completion_tokens or request.max_tokens)
-        streams = self._start([prompt], params, request.n or 1, "messages")
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        params = sampling_params(request, max_tokens, k, self.engine.tokenizer.vocab_size)
+        n = request.n or 1
+        streams = self._start([prompt], params, n, "messages")
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._chat_chunks(streams, rid, created, usage)
-        choices, prompt_tokens = await _collect(streams, request.n or 1)
+        choices, prompt_tokens = await _collect(streams, n)
         return ChatCompletion(
             id=rid,
             created=created,
             model=self.model_name,
             choices=[
                 ChatChoice(
-                    index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason
+                    index=i,
+                    message=AssistantMessage(content=c.text),
+                    finish_reason=c.finish_reason,
+                    logprobs=self._chat_logprobs(c) if k is not None else None,
                 )
                 for i, c in enumerate(choices)
             ],
             usage=_usage(prompt_tokens, choices),
             system_fingerprint=self.fingerprint,
         )
+
+    def _chat_logprobs(self, c: _Choice) -> ChoiceLogprobs:
+        return ChoiceLogprobs(content=self.logprobs.chat(c.token_ids, c.logprobs, c.top_logprobs))
 
     async def _chat_chunks(
         self, streams: list[RequestStream], rid: str, created: int, include_usage: bool
@@ -92,13 +120,9 @@ class EngineUpstream:
             choices: list[ChatChunkChoice], usage: Usage | None = None
         ) -> ChatCompletionChunk:
             return ChatCompletionChunk(
-                id=rid,
-                created=created,
-                model=self.model_name,
-                choices=choices,
-                usage=usage,
+                id=rid, created=created, model=self.model_name, choices=choices, usage=usage,
                 system_fingerprint=self.fingerprint,
-            )
+            )  # fmt: skip
 
         for i in range(len(streams)):
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
@@ -107,19 +131,23 @@ class EngineUpstream:
         async for i, delta in _merge(streams):
             prompt_tokens = delta.prompt_tokens
             totals[i].completion_tokens = delta.completion_tokens
-            if delta.text:
-                yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(content=delta.text))])
+            logprobs = None
+            if delta.logprobs is not None and delta.top_logprobs is not None:
+                entries = self.logprobs.chat(delta.token_ids, delta.logprobs, delta.top_logprobs)
+                logprobs = ChoiceLogprobs(content=entries)
+            if delta.text or logprobs is not None:
+                content = ChatDelta(content=delta.text)
+                yield chunk([ChatChunkChoice(index=i, delta=content, logprobs=logprobs)])
             if delta.finish_reason is not None:
-                yield chunk(
-                    [ChatChunkChoice(index=i, delta=ChatDelta(), finish_reason=delta.finish_reason)]
-                )
+                end = ChatChunkChoice(index=i, delta=ChatDelta(), finish_reason=delta.finish_reason)
+                yield chunk([end])
         if include_usage:
             yield chunk([], _usage(prompt_tokens, totals))
 
     def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
         try:
             text = self.engine.tokenizer.apply_chat_template(
-                [_message_dict(m, i) for i, m in enumerate(messages)], add_generation_prompt=True
+                [message_dict(m, i) for i, m in enumerate(messages)], add_generation_prompt=True
             )
         except ValueError as exc:
             raise InvalidRequest(
@@ -131,29 +159,18 @@ class EngineUpstream:
     # ---- legacy completions ---------------------------------------------------------------
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:
-        for name, bad in (
-            ("logprobs", request.logprobs is not None),
-            ("suffix", bool(request.suffix)),
-            ("best_of", (request.best_of or 1) > 1),
-        ):
-            if bad:
-                raise InvalidRequest(
-                    f"'{name}' is not supported by this model yet.",
-                    param=name,
-                    code="unsupported_parameter",
-                )
-        _refuse_penalties(request.presence_penalty, request.frequency_penalty, request.logit_bias)
-        prompts = _prompt_list(request.prompt)
-        params = _sampling_params(request, request.max_tokens)
+        k = completion_logprobs(request)
+        prompts = prompt_list(request.prompt)
+        params = sampling_params(request, request.max_tokens, k, self.engine.tokenizer.vocab_size)
         n = request.n or 1
         streams = self._start(prompts, params, n, "prompt")
         echoes = [p if isinstance(p, str) else self.engine.tokenizer.decode(p) for p in prompts]
+        if not request.echo:
+            echoes = [""] * len(prompts)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._completion_chunks(
-                streams, rid, created, usage, echoes if request.echo else None, n
-            )
+            return self._completion_chunks(streams, rid, created, usage, echoes, n)
         choices, prompt_tokens = await _collect(streams, n)
         return Completion(
             id=rid,
@@ -162,8 +179,13 @@ class EngineUpstream:
             choices=[
                 CompletionChoice(
                     index=i,
-                    text=(echoes[i // n] if request.echo else "") + c.text,
+                    text=echoes[i // n] + c.text,
                     finish_reason=c.finish_reason,
+                    logprobs=None
+                    if k is None
+                    else self.logprobs.completion(
+                        c.token_ids, c.logprobs, c.top_logprobs, len(echoes[i // n])
+                    ),
                 )
                 for i, c in enumerate(choices)
             ],
@@ -177,30 +199,40 @@ class EngineUpstream:
         rid: str,
         created: int,
         include_usage: bool,
-        echoes: list[str] | None,
+        echoes: list[str],
         n: int,
     ) -> AsyncIterator[Completion]:
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
             return Completion(
-                id=rid,
-                created=created,
-                model=self.model_name,
-                choices=choices,
-                usage=usage,
+                id=rid, created=created, model=self.model_name, choices=choices, usage=usage,
                 system_fingerprint=self.fingerprint,
-            )
+            )  # fmt: skip
 
-        if echoes is not None:
-            for i in range(len(streams)):
+        offsets = [len(echoes[i // n]) for i in range(len(streams))]
+        for i in range(len(streams)):
+            if echoes[i // n]:
                 yield chunk([CompletionChoice(index=i, text=echoes[i // n], finish_reason=None)])
         totals = [_Choice() for _ in streams]
         prompt_tokens: dict[int, int] = {}
         async for i, delta in _merge(streams):
             prompt_tokens[i // n] = delta.prompt_tokens
             totals[i].completion_tokens = delta.completion_tokens
-            if delta.text or delta.finish_reason is not None:
+            logprobs = None
+            if delta.logprobs is not None and delta.top_logprobs is not None:
+                logprobs = self.logprobs.completion(
+                    delta.token_ids, delta.logprobs, delta.top_logprobs, offsets[i]
+                )
+            offsets[i] += len(delta.text)
+            if delta.text or delta.finish_reason is not None or logprobs is not None:
                 yield chunk(
-                    [CompletionChoice(index=i, text=delta.text, finish_reason=delta.finish_reason)]
+                    [
+                        CompletionChoice(
+                            index=i,
+                            text=delta.text,
+                            finish_reason=delta.finish_reason,
+                            logprobs=logprobs,
+                        )
+                    ]
                 )
         if include_usage:
             yield chunk([], _usage(sum(prompt_tokens.values()), totals))
@@ -218,18 +250,13 @@ class EngineUpstream:
         try:
             for prompt in prompts:
                 for i in range(n):
-                    p = (
-                        params
-                        if params.seed is None or i == 0
-                        else _with_seed(params, params.seed + i)
-                    )
+                    seeded = params.seed is not None and i > 0
+                    p = _with_seed(params, params.seed + i) if seeded else params  # type: ignore[operator]
                     streams.append(self.engine.add_request(prompt, p))
         except RequestRejected as exc:
             for s in streams:
                 s.abort()
-            raise InvalidRequest(
-                str(exc), param="messages", code="context_length_exceeded"
-            ) from exc
+            raise InvalidRequest(str(exc), param=param, code=exc.code) from exc
         return streams
 
 
@@ -277,9 +304,7 @@ async def _collect(streams: list[RequestStream], n: int) -> tuple[list[_Choice],
     choices = [_Choice() for _ in streams]
     prompt_tokens: dict[int, int] = {}
     async for i, delta in _merge(streams):
-        choices[i].text += delta.text
-        choices[i].completion_tokens = delta.completion_tokens
-        choices[i].finish_reason = delta.finish_reason
+        choices[i].add(delta)
         prompt_tokens[i // n] = delta.prompt_tokens
     return choices, sum(prompt_tokens.values())
 
@@ -290,103 +315,4 @@ def _usage(prompt_tokens: int, choices: list[_Choice]) -> Usage:
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         total_tokens=prompt_tokens + completion,
-    )
-
-
-def _sampling_params(
-    request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
-) -> SamplingParams:
-    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None or request.top_p == 0 else request.top_p,
-            top_k=max(0, request.top_k or 0),
-            seed=request.seed,
-            stop=[s for s in stop if s],
-            ignore_eos=bool(request.ignore_eos),
-        )
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from exc
-
-
-def _refuse_unsupported(request: ChatCompletionRequest) -> None:
-    unsupported = {
-        "logprobs": bool(request.logprobs),
-        "top_logprobs": bool(request.top_logprobs),
-        "tools": bool(request.tools),
-        "response_format": (request.response_format or {}).get("type") not in (None, "text"),
-    }
-    for name, used in unsupported.items():
-        if used:
-            raise InvalidRequest(
-                f"'{name}' is not supported by this model yet.",
-                param=name,
-                code="unsupported_parameter",
-            )
-    _refuse_penalties(request.presence_penalty, request.frequency_penalty, request.logit_bias)
-
-
-def _refuse_penalties(
-    presence: float | None, frequency: float | None, bias: dict[str, float] | None
-) -> None:
-    for name, used in (
-        ("presence_penalty", bool(presence)),
-        ("frequency_penalty", bool(frequency)),
-        ("logit_bias", bool(bias)),
-    ):
-        if used:
-            raise InvalidRequest(
-                f"'{name}' is not supported by this model yet.",
-                param=name,
-                code="unsupported_parameter",
-            )
-
-
-def _message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
-    content = message.content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if part.type != "text" or part.text is None:
-                raise InvalidRequest(
-                    f"Content of type '{part.type}' is not supported by this model; only text is.",
-                    param=f"messages[{index}].content",
-                )
-            texts.append(part.text)
-        content = "".join(texts)
-    out: dict[str, Any] = {
-        "role": "system" if message.role == "developer" else message.role,
-        "content": content or "",
-    }
-    if message.name:
-        out["name"] = message.name
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": c.type,
-                "function": {"name": c.function.name, "arguments": c.function.arguments},
-            }
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id:
-        out["tool_call_id"] = message.tool_call_id
-    return out
-
-
-def _prompt_list(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise InvalidRequest("'prompt' must not be empty.", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [[int(p) for p in prompt]]  # type: ignore[arg-type]
-    if all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt):
-        return list(prompt)  # type: ignore[arg-type]
-    raise InvalidRequest(
-        "'prompt' must be a string, a list of strings, a list of token ids or a list of lists "
-        "of token ids.",
-        param="prompt",
     )
