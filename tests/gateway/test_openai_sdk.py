@@ -302,6 +302,6 @@ def test_engine_metrics_are_exposed(client: openai.OpenAI, server_url: str) -> N
         "llm_engine:e2e_request_latency_seconds_count",
     ):
         assert name in body, name
-    success = [line for line in body.splitlines()
-               if line.startswith('llm_engine:request_success_total{finished_reason="length"}')]  # fmt: skip
+    length = 'llm_engine:request_success_total{finished_reason="length"}'
+    success = [line for line in body.splitlines() if line.startswith(length)]
     assert success and float(success[0].split()[-1]) >= 1
