@@ -108,14 +108,18 @@ class SamplingParams:
         return self.temperature < GREEDY_EPS
 
     @property
-    def adjusts_logits(self) -> bool:
-        """Whether the logits must be adjusted (bias or penalties) before anything else."""
-        return bool(
-            self.logit_bias
-            or self.repetition_penalty != 1.0
+    def needs_history(self) -> bool:
+        """Whether sampling looks at the prompt/output tokens (a penalty is on)."""
+        return (
+            self.repetition_penalty != 1.0
             or self.presence_penalty != 0.0
             or self.frequency_penalty != 0.0
         )
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether the logits must be adjusted (bias or penalties) before anything else."""
+        return bool(self.logit_bias) or self.needs_history
 
     def make_generator(self, device: torch.device) -> torch.Generator | None:
         if self.greedy:

@@ -418,6 +418,23 @@ def test_defaults_change_nothing() -> None:
         1,
     )
     assert not params.adjusts_logits
+    assert not params.needs_history
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "history", "adjusts"),
+    [
+        ({"repetition_penalty": 1.1}, True, True),
+        ({"presence_penalty": -0.5}, True, True),
+        ({"frequency_penalty": 0.5}, True, True),
+        ({"logit_bias": {1: 2.0}}, False, True),
+        ({"logit_bias": {}}, False, False),
+    ],
+)
+def test_history_and_adjustment_flags(kwargs: dict[str, Any], history: bool, adjusts: bool) -> None:
+    params = SamplingParams(**kwargs)
+    assert params.needs_history is history
+    assert params.adjusts_logits is adjusts
 
 
 def test_logit_bias_values_are_clamped() -> None:
