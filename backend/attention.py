@@ -90,13 +90,14 @@ def paged_attention(
             vs = v_cache[seg.block_ids].flatten(0, 1)[: seg.ctx_len]
             q_pos = torch.arange(past, seg.ctx_len, device=q.device)[:, None]
             mask = torch.arange(seg.ctx_len, device=q.device)[None, :] <= q_pos  # [q, ctx]
+        # 4-D inputs: with 3-D ones PyTorch's CPU SDPA falls back to its math path (~5x slower).
         o = F.scaled_dot_product_attention(
-            q[rows].transpose(0, 1),  # [H, q, D]
-            ks.transpose(0, 1),  # [Hkv, ctx, D]
-            vs.transpose(0, 1),
+            q[rows].transpose(0, 1)[None],  # [1, H, q, D]
+            ks.transpose(0, 1)[None],  # [1, Hkv, ctx, D]
+            vs.transpose(0, 1)[None],
             attn_mask=mask,
             is_causal=mask is None and seg.q_len > 1,
             enable_gqa=gqa,
         )
-        out[rows] = o.transpose(0, 1)
+        out[rows] = o[0].transpose(0, 1)
     return out

@@ -141,8 +141,13 @@ class Engine:
         prompt: str | list[int],
         params: SamplingParams,
         request_id: str | None = None,
+        same_prompt_as: RequestStream | None = None,
     ) -> RequestStream:
-        """Queues a request; must be called from the event loop that will read the stream."""
+        """Queues a request; must be called from the event loop that will read the stream.
+
+        `same_prompt_as`: an earlier request with the same prompt (another of n choices);
+        this one then starts once that prompt's KV is computed and shares its blocks.
+        """
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
         else:
@@ -168,7 +173,12 @@ class Engine:
         request_id = request_id or uuid.uuid4().hex
         req = Request(
             request_id=request_id,
-            seq=Sequence(next(self._seq_ids), ids, len(ids)),
+            seq=Sequence(
+                next(self._seq_ids),
+                ids,
+                len(ids),
+                after=same_prompt_as.seq if same_prompt_as is not None else None,
+            ),
             params=params,
             max_tokens=params.max_tokens or room,
             detokenizer=IncrementalDetokenizer(self.tokenizer),
@@ -176,7 +186,7 @@ class Engine:
             generator=params.make_generator(self.device),
             arrival_time=time.monotonic(),
         )
-        stream = RequestStream(self, request_id, asyncio.get_running_loop())
+        stream = RequestStream(self, request_id, req.seq, asyncio.get_running_loop())
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the engine is shut down")

@@ -63,8 +63,11 @@ class RequestStream:
     reading (a client going away) call `abort()` in a `finally`.
     """
 
-    def __init__(self, engine: Engine, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Engine, request_id: str, seq: Sequence, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.request_id = request_id
+        self.seq = seq  # read-only outside the engine thread
         self._engine = engine
         self._loop = loop
         self._queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()

@@ -93,7 +93,7 @@ class Scheduler:
             and len(self.running) < self.config.max_num_seqs
         ):
             seq = self.waiting[0]
-            if not self.blocks.can_allocate(seq):
+            if _sibling_still_prefilling(seq) or not self.blocks.can_allocate(seq):
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq)  # counts prefix-cache hits as computed
@@ -136,3 +136,11 @@ class Scheduler:
             self.waiting.remove(seq)
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
+
+
+def _sibling_still_prefilling(seq: Sequence) -> bool:
+    """Whether seq waits for the choice it shares a prompt with to compute that prompt."""
+    other = seq.after
+    return (
+        other is not None and other.status is not SequenceStatus.FINISHED and other.is_prefilling
+    )

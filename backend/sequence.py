@@ -27,6 +27,9 @@ class Sequence:
     num_cached_tokens: int = 0  # of the prompt, how many came from the prefix cache
     block_table: list[int] = field(default_factory=list)  # KV block ids, in token order
     arrival: int = 0  # admission order; a lower value has priority when memory is short
+    # Another choice of the same prompt (n > 1): this one is admitted only once that one's
+    # prompt is computed, so its full blocks come from the prefix cache instead of again.
+    after: Sequence | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -8,10 +8,11 @@ choices become n engine requests, and deltas become chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from backend.engine import Engine, RequestRejected
@@ -128,19 +129,24 @@ class EngineUpstream:
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
         totals = [_Choice() for _ in streams]
         prompt_tokens = 0  # n choices of one prompt: counted once
-        async for i, delta in _merge(streams):
-            prompt_tokens = delta.prompt_tokens
-            totals[i].completion_tokens = delta.completion_tokens
-            logprobs = None
-            if delta.logprobs is not None and delta.top_logprobs is not None:
-                entries = self.logprobs.chat(delta.token_ids, delta.logprobs, delta.top_logprobs)
-                logprobs = ChoiceLogprobs(content=entries)
-            if delta.text or logprobs is not None:
-                content = ChatDelta(content=delta.text)
-                yield chunk([ChatChunkChoice(index=i, delta=content, logprobs=logprobs)])
-            if delta.finish_reason is not None:
-                end = ChatChunkChoice(index=i, delta=ChatDelta(), finish_reason=delta.finish_reason)
-                yield chunk([end])
+        async with contextlib.aclosing(_merge(streams)) as merged:  # aborts on early exit
+            async for i, delta in merged:
+                prompt_tokens = delta.prompt_tokens
+                totals[i].completion_tokens = delta.completion_tokens
+                logprobs = None
+                if delta.logprobs is not None and delta.top_logprobs is not None:
+                    entries = self.logprobs.chat(
+                        delta.token_ids, delta.logprobs, delta.top_logprobs
+                    )
+                    logprobs = ChoiceLogprobs(content=entries)
+                if delta.text or logprobs is not None:
+                    content = ChatDelta(content=delta.text)
+                    yield chunk([ChatChunkChoice(index=i, delta=content, logprobs=logprobs)])
+                if delta.finish_reason is not None:
+                    end = ChatChunkChoice(
+                        index=i, delta=ChatDelta(), finish_reason=delta.finish_reason
+                    )
+                    yield chunk([end])
         if include_usage:
             yield chunk([], _usage(prompt_tokens, totals))
 
@@ -214,26 +220,27 @@ class EngineUpstream:
                 yield chunk([CompletionChoice(index=i, text=echoes[i // n], finish_reason=None)])
         totals = [_Choice() for _ in streams]
         prompt_tokens: dict[int, int] = {}
-        async for i, delta in _merge(streams):
-            prompt_tokens[i // n] = delta.prompt_tokens
-            totals[i].completion_tokens = delta.completion_tokens
-            logprobs = None
-            if delta.logprobs is not None and delta.top_logprobs is not None:
-                logprobs = self.logprobs.completion(
-                    delta.token_ids, delta.logprobs, delta.top_logprobs, offsets[i]
-                )
-            offsets[i] += len(delta.text)
-            if delta.text or delta.finish_reason is not None or logprobs is not None:
-                yield chunk(
-                    [
-                        CompletionChoice(
-                            index=i,
-                            text=delta.text,
-                            finish_reason=delta.finish_reason,
-                            logprobs=logprobs,
-                        )
-                    ]
-                )
+        async with contextlib.aclosing(_merge(streams)) as merged:  # aborts on early exit
+            async for i, delta in merged:
+                prompt_tokens[i // n] = delta.prompt_tokens
+                totals[i].completion_tokens = delta.completion_tokens
+                logprobs = None
+                if delta.logprobs is not None and delta.top_logprobs is not None:
+                    logprobs = self.logprobs.completion(
+                        delta.token_ids, delta.logprobs, delta.top_logprobs, offsets[i]
+                    )
+                offsets[i] += len(delta.text)
+                if delta.text or delta.finish_reason is not None or logprobs is not None:
+                    yield chunk(
+                        [
+                            CompletionChoice(
+                                index=i,
+                                text=delta.text,
+                                finish_reason=delta.finish_reason,
+                                logprobs=logprobs,
+                            )
+                        ]
+                    )
         if include_usage:
             yield chunk([], _usage(sum(prompt_tokens.values()), totals))
 
@@ -252,7 +259,8 @@ class EngineUpstream:
                 for i in range(n):
                     seeded = params.seed is not None and i > 0
                     p = _with_seed(params, params.seed + i) if seeded else params  # type: ignore[operator]
-                    streams.append(self.engine.add_request(prompt, p))
+                    first = streams[-i] if i else None  # choice 0 of this prompt
+                    streams.append(self.engine.add_request(prompt, p, same_prompt_as=first))
         except RequestRejected as exc:
             for s in streams:
                 s.abort()
@@ -265,7 +273,7 @@ def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
     return dataclasses.replace(params, seed=wrapped)
 
 
-async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Delta]]:
+async def _merge(streams: list[RequestStream]) -> AsyncGenerator[tuple[int, Delta]]:
     """Deltas of several requests as they come, tagged with the request's index.
 
     Leaving early (the client went away) aborts every request still running.
@@ -303,9 +311,10 @@ async def _collect(streams: list[RequestStream], n: int) -> tuple[list[_Choice],
     """
     choices = [_Choice() for _ in streams]
     prompt_tokens: dict[int, int] = {}
-    async for i, delta in _merge(streams):
-        choices[i].add(delta)
-        prompt_tokens[i // n] = delta.prompt_tokens
+    async with contextlib.aclosing(_merge(streams)) as merged:
+        async for i, delta in merged:
+            choices[i].add(delta)
+            prompt_tokens[i // n] = delta.prompt_tokens
     return choices, sum(prompt_tokens.values())
 
 

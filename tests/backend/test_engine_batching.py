@@ -173,3 +173,25 @@ def test_abort_frees_every_block(loaded: LoadedModel) -> None:
         assert not eng.scheduler.has_unfinished
     finally:
         eng.shutdown()
+
+
+def test_n_choices_share_the_prompt_kv(loaded: LoadedModel) -> None:
+    eng = _engine(loaded)
+    try:
+        prompt = chat_ids(loaded, QUESTIONS[2], SYSTEM)
+
+        async def go() -> list[list[int]]:
+            first = eng.add_request(prompt, GREEDY)
+            others = [eng.add_request(prompt, GREEDY, same_prompt_as=first) for _ in range(2)]
+            outs = []
+            for stream in (first, *others):
+                outs.append([t async for d in stream for t in d.token_ids])
+            return outs
+
+        outs = asyncio.run(go())
+        assert outs[0] == outs[1] == outs[2]  # greedy: the same answer, from shared KV
+        bs = eng.config.block_size
+        # Only choice 0 computed the prompt; the others hit every full block of it.
+        assert eng.blocks.prefix_cache_hits == 2 * ((len(prompt) - 1) // bs * bs)
+    finally:
+        eng.shutdown()

@@ -151,3 +151,17 @@ def test_same_inputs_give_the_same_schedule() -> None:
 def test_config_validation(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         SchedulerConfig(**bad)
+
+
+def test_a_second_choice_waits_for_the_first_to_compute_the_shared_prompt() -> None:
+    s = make(budget=16)
+    first = seq(40)
+    second = Sequence(next(_ids), list(first.token_ids), 40, after=first)
+    s.add(first)
+    s.add(second)
+    assert plan(step(s)) == [(first.seq_id, 16)]  # second held back: prompt not computed yet
+    assert plan(step(s)) == [(first.seq_id, 16)]
+    assert plan(step(s)) == [(first.seq_id, 8)]  # first's prompt is now complete
+    batch = step(s)  # second is admitted: 9 of its 10 blocks come from the prefix cache
+    assert plan(batch) == [(first.seq_id, 1), (second.seq_id, 4)]
+    assert second.num_cached_tokens == 36  # every full block of the prompt but the last token's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -305,3 +307,29 @@ def test_engine_metrics_are_exposed(client: openai.OpenAI, server_url: str) -> N
     length = 'llm_engine:request_success_total{finished_reason="length"}'
     success = [line for line in body.splitlines() if line.startswith(length)]
     assert success and float(success[0].split()[-1]) >= 1
+
+
+def _metric(server_url: str, prefix: str) -> float:
+    lines = [
+        ln for ln in httpx.get(server_url + "/metrics").text.splitlines() if ln.startswith(prefix)
+    ]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_client_disconnect_aborts_the_generation(server_url: str) -> None:
+    aborted = 'llm_engine:request_success_total{finished_reason="abort"}'
+    before = _metric(server_url, aborted)
+    body = {"model": MODEL_ID, "messages": STORY, "stream": True, "max_tokens": 4000,
+            "temperature": 0, "ignore_eos": True}  # fmt: skip
+    with httpx.stream("POST", server_url + "/v1/chat/completions", json=body) as response:
+        data = (ln for ln in response.iter_lines() if ln.startswith("data: "))
+        for _ in range(3):
+            next(data)
+    # The connection is closed mid-answer: the engine must drop the request (4,000 tokens
+    # would take minutes) and free its KV blocks. Wait for that event, bounded.
+    deadline = time.monotonic() + 15
+    while _metric(server_url, aborted) < before + 1:
+        assert time.monotonic() < deadline, "the generation was not aborted"
+        time.sleep(0.1)
+    assert _metric(server_url, "llm_engine:num_requests_running") == 0
+    assert _metric(server_url, "llm_engine:kv_cache_usage_perc") == 0
