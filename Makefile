@@ -33,7 +33,8 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python bench/decode.py $(ARGS)
+	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/engine.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -141,6 +141,4 @@ class Scheduler:
 def _sibling_still_prefilling(seq: Sequence) -> bool:
     """Whether seq waits for the choice it shares a prompt with to compute that prompt."""
     other = seq.after
-    return (
-        other is not None and other.status is not SequenceStatus.FINISHED and other.is_prefilling
-    )
+    return other is not None and other.status is not SequenceStatus.FINISHED and other.is_prefilling

@@ -128,7 +128,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__,
         },
-        "peers": {"llama.cpp": _llama_cpp_status()},
+        "peers": {"llama.cpp": llama_cpp_status()},
         "rows": [],
     }
     for name in args.dtypes.split(","):
@@ -173,7 +173,7 @@ def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[
     ]
 
 
-def _llama_cpp_status() -> str:
+def llama_cpp_status() -> str:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:

@@ -38,8 +38,8 @@ from backend.sampler import SamplingParams
 from backend.weights import load_model
 from bench.decode import (
     DTYPES,
-    _llama_cpp_status,
     hf_measure,
+    llama_cpp_status,
     load_hf,
     make_prompt_ids,
     ours_measure,
@@ -253,7 +253,7 @@ def main() -> None:
     }
     results: dict[str, Any] = {
         "workload": workload,
-        "peers": {"llama.cpp": _llama_cpp_status()},
+        "peers": {"llama.cpp": llama_cpp_status()},
     }
     results["offline"] = offline(engine, hf, tok, args)
     results["prefix_ttft"] = prefix(engine, hf, tok, args)
