@@ -58,6 +58,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
     enable_prefix_caching: bool = True
+    int8_decode: bool = False  # int8 weight copies for small steps (CPU; see int8_decode.py)
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -93,6 +94,10 @@ class Engine:
         self.device = loaded.model.embed_tokens.weight.device
         self.dtype = loaded.model.embed_tokens.weight.dtype
         ctx = loaded.config.max_position_embeddings
+        if config.int8_decode:
+            if self.device.type != "cpu":
+                raise ValueError("int8_decode is implemented for CPU only")
+            self.model.enable_int8_decode()
         num_blocks = config.num_kv_blocks or self._blocks_that_fit(config)
         # A sequence must fit in the cache on its own, or it could never be scheduled.
         self.max_model_len = min(config.max_model_len or ctx, ctx, num_blocks * config.block_size)

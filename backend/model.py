@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.attention import AttentionMetadata, paged_attention
+from backend.int8_decode import attach_int8, project
 from backend.model_config import ModelConfig
 from backend.rope import apply_rotary, cos_sin_cache, inverse_frequencies
 
@@ -51,14 +52,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x: [T, hidden]; kv: this layer's cache [2, num_blocks, block_size, Hkv, D]."""
         t = x.shape[0]
-        q, k, v = F.linear(x, self.qkv_proj.weight).split(
-            [self.q_size, self.kv_size, self.kv_size], dim=-1
-        )
+        q, k, v = project(x, self.qkv_proj).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = apply_rotary(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, D]
         k = apply_rotary(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, kv[0], kv[1], meta)  # [T, H, D]
-        return F.linear(out.view(t, self.q_size), self.o_proj.weight)
+        return project(out.view(t, self.q_size), self.o_proj)
 
 
 class MLP(nn.Module):
@@ -69,8 +68,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.gate_up_proj.weight).split(self.intermediate, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down_proj.weight)
+        gate, up = project(x, self.gate_up_proj).split(self.intermediate, dim=-1)
+        return project(F.silu(gate) * up, self.down_proj)
 
 
 class DecoderLayer(nn.Module):
@@ -131,6 +130,12 @@ class LlamaModel(nn.Module):
             x = layer.forward(x, cos, sin, meta, kv_cache[i])
         return self.norm.forward(x)
 
+    def enable_int8_decode(self) -> None:
+        """Adds int8 copies of every projection and the LM head for small decode steps."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                attach_int8(module)
+
     def allocate_kv_cache(
         self, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
@@ -140,4 +145,4 @@ class LlamaModel(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, vocab]."""
-        return F.linear(hidden, self.lm_head.weight).float()
+        return project(hidden, self.lm_head).float()

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.engine import Engine
+from backend.engine import Engine, EngineConfig
 from backend.model_store import default_model_path
 from backend.sampler import SamplingParams
 from backend.weights import load_model
@@ -109,6 +109,10 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for decode")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument(
+        "--int8-decode", action="store_true",
+        help="also measure the engine with int8 weight copies for small steps (fp32 only)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
     args = ap.parse_args()
 
@@ -143,7 +147,9 @@ def main() -> None:
 def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     dtype = DTYPES[dtype_name]
     loaded = load_model(path, dtype, "cpu")
-    engine = Engine(loaded)
+    # Every round repeats the same prompts: without this, prefill would be a cache hit.
+    no_cache = EngineConfig(enable_prefix_caching=False)
+    engine = Engine(loaded, no_cache)
     hf = load_hf(path, dtype)
     decode_ids = make_prompt_ids(loaded.tokenizer, args.prompt_tokens, seed=1)
     prefill_ids = make_prompt_ids(loaded.tokenizer, args.prefill_tokens, seed=2)
@@ -151,6 +157,13 @@ def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[
         "llm-gateway engine": lambda ids, n: ours_measure(engine, ids, n),
         "transformers": lambda ids, n: hf_measure(hf, ids, n),
     }
+    engines = [engine]
+    if args.int8_decode and dtype == torch.float32:
+        # A second copy of the model: int8 weight copies are attached to it in place.
+        int8_config = EngineConfig(enable_prefix_caching=False, int8_decode=True)
+        int8_engine = Engine(load_model(path, dtype, "cpu"), int8_config)
+        engines.append(int8_engine)
+        systems["llm-gateway int8-decode"] = lambda ids, n: ours_measure(int8_engine, ids, n)
     samples = {s: {"decode": [], "prefill": []} for s in systems}
     for fn in systems.values():  # warm-up
         fn(decode_ids, 8)
@@ -161,7 +174,8 @@ def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[
             samples[sys_name]["decode"].append((args.new_tokens - 1) / (total - ttft))
             ttft, _ = fn(prefill_ids, 1)
             samples[sys_name]["prefill"].append(len(prefill_ids) / ttft)
-    engine.shutdown()
+    for e in engines:
+        e.shutdown()
     return [
         {
             "system": sys_name,
@@ -188,25 +202,27 @@ def print_table(results: dict[str, Any]) -> None:
         f"{w['decode_prompt_tokens']}-token prompt, {w['new_tokens']} new tokens | prefill: "
         f"{w['prefill_prompt_tokens']} tokens | {w['rounds']} rounds, median [min-max]"
     )
-    print(f"{'system':<20} {'dtype':<9} {'decode tok/s':>22} {'prefill tok/s':>24}")
-    base: dict[str, dict[str, float]] = {}
+    print(f"{'system':<24} {'dtype':<9} {'decode tok/s':>22} {'prefill tok/s':>24}")
+    base: dict[str, dict[str, float]] = {}  # transformers' medians per dtype
     for r in results["rows"]:
         if r["system"] == "transformers":
             base[r["dtype"]] = {"d": r["decode_tok_s"]["median"], "p": r["prefill_tok_s"]["median"]}
     for r in results["rows"]:
         d, p = r["decode_tok_s"], r["prefill_tok_s"]
         print(
-            f"{r['system']:<20} {r['dtype']:<9} "
+            f"{r['system']:<24} {r['dtype']:<9} "
             f"{d['median']:>8.1f} [{d['min']:.1f}-{d['max']:.1f}] "
             f"{p['median']:>10.1f} [{p['min']:.0f}-{p['max']:.0f}]"
         )
-    for dtype, b in base.items():
-        ours = next(
-            r for r in results["rows"] if r["dtype"] == dtype and r["system"] != "transformers"
-        )
-        decode = ours["decode_tok_s"]["median"] / b["d"]
-        prefill = ours["prefill_tok_s"]["median"] / b["p"]
-        print(f"ratio vs transformers ({dtype}): decode {decode:.2f}x, prefill {prefill:.2f}x")
+    for r in results["rows"]:
+        b = base[r["dtype"]]
+        if r["system"] != "transformers":
+            decode = r["decode_tok_s"]["median"] / b["d"]
+            prefill = r["prefill_tok_s"]["median"] / b["p"]
+            print(
+                f"ratio {r['system']} / transformers ({r['dtype']}): "
+                f"decode {decode:.2f}x, prefill {prefill:.2f}x"
+            )
     print(f"llama.cpp: {results['peers']['llama.cpp']}")
 
 

@@ -64,6 +64,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--max-num-batched-tokens", type=int, default=1024, help="tokens per step (prefill chunk)"
     )
     p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument(
+        "--int8-decode", action="store_true",
+        help="CPU: int8 weight copies for small decode steps (faster, not bit-exact)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -119,6 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             enable_prefix_caching=not args.no_prefix_caching,
+            int8_decode=args.int8_decode,
         )
         log.info("loading %s", model_path)
         engine = Engine.from_config(config)
