@@ -280,7 +280,7 @@ class Engine:
             return SampleRequest(
                 req.params, req.generator, req.prompt_token_ids, req.output_token_ids
             )
-        return SampleRequest(req.params, req.generator, (), ())
+        return SampleRequest(req.params, req.generator)
 
     def _advance(self, req: Request, result: SampleResult) -> Delta:
         """Applies stop rules to a freshly sampled token and builds the delta."""
@@ -312,6 +312,8 @@ class Engine:
         )
 
     def _requests_named(self, request_ids: set[str]) -> list[Request]:
+        if not request_ids:  # the common case, every step
+            return []
         return [r for r in self._requests.values() if r.request_id in request_ids]
 
     def _finish(self, req: Request, reason: str) -> tuple[Request, Delta]:

@@ -57,7 +57,6 @@ class Scheduler:
         self.running: list[Sequence] = []  # admission order: earlier = higher priority
         self._next_arrival = 0
         self.num_preemptions = 0
-        self._preempted_this_step: list[Sequence] = []
 
     def add(self, seq: Sequence) -> None:
         seq.arrival = self._next_arrival
@@ -76,14 +75,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            if not self._make_room_for(seq):
+            if not self._make_room_for(seq, batch):
                 break  # seq itself was preempted; everything after it already was
             n = min(seq.num_uncomputed_tokens, budget)
             batch.add(seq, n)
             budget -= n
             i += 1
-        batch.preempted = self._preempted_this_step
-        self._preempted_this_step = []
         # waiting: admit in order; stop at the first that does not fit (no overtaking),
         # and admit none in a step that had to preempt (memory is already short).
         while (
@@ -104,22 +101,22 @@ class Scheduler:
             budget -= n
         return batch
 
-    def _make_room_for(self, seq: Sequence) -> bool:
+    def _make_room_for(self, seq: Sequence, batch: ScheduledBatch) -> bool:
         """Ensures seq has KV slots for all its tokens, preempting from the back if needed."""
         while not self.blocks.can_append(seq):
             victim = self.running[-1]
-            self._preempt(victim)
+            self._preempt(victim, batch)
             if victim is seq:
                 return False
         self.blocks.append_slots(seq)
         return True
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)  # recompute later: KV dropped, tokens kept
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
-        self._preempted_this_step.append(seq)
+        batch.preempted.append(seq)
         self.num_preemptions += 1
 
     def after_step(self, batch: ScheduledBatch) -> None:
