@@ -12,9 +12,17 @@ STAMP  := $(VENV)/.installed
 #   make install TORCH='torch==2.13.0 --index-url <your CUDA or CPU wheel index>'
 TORCH  ?= torch==2.13.0
 
-.PHONY: install model serve test bench lint clean
+.PHONY: install toolchain model serve test bench lint clean
 
-install: $(STAMP) model
+install: toolchain $(STAMP) model
+
+# A C++ compiler builds the fused CPU attention kernel on first use (backend/cpu_kernels.py).
+# Installed with apt where we may; without one the engine falls back to the PyTorch path.
+toolchain:
+	@command -v g++ >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq g++ >/dev/null; \
+	  else echo "warning: no g++: CPU decode attention will use the slower PyTorch path"; fi; }
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

@@ -2,8 +2,9 @@
 
 The flat batch of T tokens holds single-token decodes first, then prefill chunks.
 Decodes are batched into one SDPA call over their gathered context; each prefill chunk
-gets its own call with a causal mask offset by the tokens already cached. A fused CUDA
-kernel replaces `paged_attention` behind the same signature and is checked against it.
+gets its own call with a causal mask offset by the tokens already cached. A fused kernel
+may take over the decodes (`AttentionMetadata.decode_kernel`: today the C++ CPU one in
+backend/kernels/, built by backend/cpu_kernels.py); tests check it against this path.
 
 KV cache per layer: k_cache, v_cache [num_blocks, block_size, Hkv, D]; token position p
 of a sequence lives at slot block_table[p // block_size] * block_size + p % block_size.
@@ -11,10 +12,17 @@ of a sequence lives at slot block_table[p // block_size] * block_size + p % bloc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+# (out [B,H,D], q [B,H,D], k_cache, v_cache, block_tables [B,M], ctx_lens [B], scale) -> None
+DecodeKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+    None,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,7 @@ class AttentionMetadata:
     decode_ctx_lens: torch.Tensor | None = None  # [num_decodes] long
     decode_max_ctx: int = 0
     prefills: list[PrefillSegment] = field(default_factory=list)
+    decode_kernel: DecodeKernel | None = None  # fused decode attention; None: the torch path
 
     @classmethod
     def single_prefill(
@@ -64,7 +73,18 @@ def paged_attention(
     out = torch.empty_like(q)
 
     b = meta.num_decodes
-    if b:
+    if b and meta.decode_kernel is not None:
+        assert meta.decode_block_tables is not None and meta.decode_ctx_lens is not None
+        meta.decode_kernel(
+            out[:b],
+            q[:b].contiguous(),
+            k_cache,
+            v_cache,
+            meta.decode_block_tables,
+            meta.decode_ctx_lens,
+            head_dim**-0.5,
+        )
+    elif b:
         assert meta.decode_block_tables is not None and meta.decode_ctx_lens is not None
         s = meta.decode_max_ctx
         kc = k_cache[meta.decode_block_tables].flatten(1, 2)[:, :s]  # [B, S, Hkv, D]

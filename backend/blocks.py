@@ -163,13 +163,14 @@ class BlockManager:
         seq.num_computed_tokens = seq.num_cached_tokens = 0
         self._seqs.pop(seq.seq_id, None)
 
-    def can_append(self, seq: Sequence) -> bool:
-        need = self._blocks_for(seq.num_tokens) - len(seq.block_table)
+    def can_append(self, seq: Sequence, lookahead: int = 0) -> bool:
+        need = self._blocks_for(seq.num_tokens + lookahead) - len(seq.block_table)
         return need <= self.num_free_blocks
 
-    def append_slots(self, seq: Sequence) -> None:
-        """Grow seq's block table to cover all its tokens (one or several new ones)."""
-        need = self._blocks_for(seq.num_tokens) - len(seq.block_table)
+    def append_slots(self, seq: Sequence, lookahead: int = 0) -> None:
+        """Grow seq's block table to cover all its tokens (one or several new ones), plus
+        `lookahead` slots for speculative guesses."""
+        need = self._blocks_for(seq.num_tokens + lookahead) - len(seq.block_table)
         if need > self.num_free_blocks:
             raise RuntimeError(
                 f"cannot append to sequence {seq.seq_id}: needs {need} blocks, "
@@ -177,6 +178,20 @@ class BlockManager:
             )
         for _ in range(need):
             seq.block_table.append(self._take_block())
+
+    def trim(self, seq: Sequence) -> None:
+        """Frees blocks past seq's tokens: the slots of rejected speculative guesses.
+
+        Such blocks were taken for this sequence alone and never registered (only full
+        blocks of computed, kept tokens are), so they go straight back to the free list.
+        """
+        keep = self._blocks_for(seq.num_tokens)
+        while len(seq.block_table) > keep:
+            bid = seq.block_table.pop()
+            block = self._blocks[bid]
+            assert block.ref_count == 1 and block.hash is None, "a lookahead block is private"
+            block.ref_count = 0
+            self._free.append(bid)
 
     def mark_computed(self, seq: Sequence) -> None:
         """Register seq's blocks that became full and computed since the last call."""

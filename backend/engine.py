@@ -11,6 +11,7 @@ finished requests leave at once so waiting ones can take their place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import threading
@@ -23,12 +24,25 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from backend.blocks import BlockManager
+from backend.cpu_kernels import paged_decode_kernel
 from backend.metrics import EngineMetrics
-from backend.request import Delta, Request, RequestStream
+from backend.request import Delta, Request, RequestStream, SpecState
 from backend.runner import ModelRunner
 from backend.sampler import SampleRequest, SampleResult, SamplingParams, sample_batch
 from backend.scheduler import Scheduler, SchedulerConfig
 from backend.sequence import Sequence
+from backend.spec_proposers import build_proposer
+from backend.spec_verify import verify_draft
+from backend.speculative import (
+    AcceptanceTracker,
+    Candidate,
+    NgramIndex,
+    Plan,
+    ProposalRequest,
+    SpeculativeConfig,
+    StepCost,
+    plan_drafts,
+)
 from backend.stop_strings import StopStringMatcher
 from backend.tokenizer import IncrementalDetokenizer, Tokenizer
 from backend.weights import LoadedModel, load_model
@@ -59,6 +73,10 @@ class EngineConfig:
     max_num_batched_tokens: int = 1024
     enable_prefix_caching: bool = True
     int8_decode: bool = False  # int8 weight copies for small steps (CPU; see int8_decode.py)
+    # "auto": fused kernel for decode attention where one is built (CPU: backend/kernels/),
+    # else the pure-PyTorch reference path; "torch": always the reference path.
+    attention_backend: str = "auto"
+    speculative: SpeculativeConfig | None = None  # None: no speculative decoding
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -67,6 +85,10 @@ class EngineConfig:
             raise ValueError("max_model_len must be at least 2")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
+        if self.attention_backend not in ("auto", "torch"):
+            raise ValueError(
+                f"attention_backend must be auto or torch, got {self.attention_backend!r}"
+            )
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -105,10 +127,23 @@ class Engine:
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
+        use_kernel = config.attention_backend == "auto" and self.device.type == "cpu"
         self.runner = ModelRunner(
-            self.model, num_blocks, config.block_size, self.dtype, self.device
+            self.model,
+            num_blocks,
+            config.block_size,
+            self.dtype,
+            self.device,
+            paged_decode_kernel() if use_kernel else None,
         )
         self.metrics = EngineMetrics(self, registry or CollectorRegistry())
+        self.spec = config.speculative
+        self.step_cost = StepCost()
+        self.proposer = (
+            build_proposer(self.spec, loaded, self.runner) if self.spec is not None else None
+        )
+        if self.spec is not None and self.spec.adaptive:
+            self._calibrate_step_cost()
         self._seq_ids = itertools.count()
         self._requests: dict[int, Request] = {}  # seq_id -> request (engine thread only)
         self._pending: list[Request] = []  # added, not yet seen by the step loop
@@ -175,6 +210,15 @@ class Engine:
                 f"the prompt has {len(ids)} tokens.",
                 "context_length_exceeded",
             )
+        speculate = self.spec is not None and (
+            self.spec.default_on if params.speculative is None else params.speculative
+        )
+        if params.speculative and self.spec is None:
+            raise RequestRejected(
+                "speculative decoding is not enabled on this server "
+                "(start it with --speculative METHOD)",
+                "unsupported_parameter",
+            )
         request_id = request_id or uuid.uuid4().hex
         req = Request(
             request_id=request_id,
@@ -190,6 +234,7 @@ class Engine:
             stop_matcher=StopStringMatcher(params.stop),
             generator=params.make_generator(self.device),
             arrival_time=time.monotonic(),
+            spec=self._spec_state() if speculate else None,
         )
         stream = RequestStream(self, request_id, req.seq, asyncio.get_running_loop())
         with self._cv:
@@ -247,32 +292,171 @@ class Engine:
             self._publish(deltas)
 
     def _step(self) -> list[tuple[Request, Delta | BaseException]]:
+        if self.spec is not None:
+            self._propose()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
         try:
+            began = time.perf_counter()
             out = self.runner.execute(batch)
+            emitted = self._sample(out.logits, out.sampling, out.num_rows)
+            self.step_cost.observe(batch.num_tokens, time.perf_counter() - began)
+            batch.num_rejected = {
+                seq.seq_id: len(seq.draft) + 1 - len(results)
+                for seq, results in zip(out.sampling, emitted, strict=True)
+                if seq.draft
+            }
             self.scheduler.after_step(batch)
-            rows = [self._sample_request(self._requests[s.seq_id]) for s in out.sampling]
-            results = sample_batch(out.logits, rows)
         except Exception as exc:  # a failed step fails its requests, not the engine
             log.exception("engine step failed")
             failed = [self._requests[s.seq_id] for s in batch.seqs]
             for req in failed:
                 self._release(req)
             return [(req, exc) for req in failed]
+        finally:
+            for seq in batch.seqs:
+                seq.draft = []
         deltas: list[tuple[Request, Delta | BaseException]] = []
         now = time.monotonic()
-        for seq, result in zip(out.sampling, results, strict=True):
+        for seq, results in zip(out.sampling, emitted, strict=True):
             req = self._requests[seq.seq_id]
-            seq.append_token(result.token_id)
-            self.metrics.on_token(req, now)
-            delta = self._advance(req, result)
+            drafted = len(results) - 1 + batch.num_rejected.get(seq.seq_id, 0)
+            if req.spec is not None and drafted:
+                accepted = len(results) - 1
+                req.spec.tracker.record(drafted, accepted)
+                req.spec.accepted += accepted
+                req.spec.rejected += drafted - accepted
+                self.metrics.on_verify(drafted, accepted)
+            delta = self._emit(req, results)
+            self.metrics.on_token(req, now, len(delta.token_ids))
             if delta.finish_reason is not None:
                 self.metrics.on_finish(req, delta.finish_reason, now)
                 self._release(req)
+            elif drafted:
+                self.blocks.trim(seq)  # slots of rejected guesses
             deltas.append((req, delta))
         return deltas
+
+    def _sample(
+        self, logits: torch.Tensor, seqs: list[Sequence], num_rows: list[int]
+    ) -> list[list[SampleResult]]:
+        """Per sequence, the tokens it emits: one sampled token, or for a sequence that
+        fed guesses, the accepted guesses and one more (spec_verify.py)."""
+        starts = list(itertools.accumulate(num_rows, initial=0))
+        plain = [i for i, n in enumerate(num_rows) if n == 1]
+        out: list[list[SampleResult]] = [[] for _ in seqs]
+        if plain:
+            rows = logits if len(plain) == len(seqs) else logits[[starts[i] for i in plain]]
+            requests = [self._sample_request(self._requests[seqs[i].seq_id]) for i in plain]
+            for i, result in zip(plain, sample_batch(rows, requests), strict=True):
+                out[i] = [result]
+        for i, n in enumerate(num_rows):
+            if n > 1:
+                row = self._sample_request(self._requests[seqs[i].seq_id])
+                out[i] = verify_draft(logits[starts[i] : starts[i] + n], seqs[i].draft, row)
+        return out
+
+    def _emit(self, req: Request, results: list[SampleResult]) -> Delta:
+        """Appends a step's tokens to the request, applying stop rules token by token;
+        tokens after the one that finishes the request are dropped."""
+        deltas = []
+        for result in results:
+            req.seq.append_token(result.token_id)
+            deltas.append(self._advance(req, result))
+            if deltas[-1].finish_reason is not None:
+                break
+        delta = deltas[0] if len(deltas) == 1 else _merged(deltas)
+        if req.spec is not None:
+            delta = dataclasses.replace(
+                delta,
+                accepted_draft_tokens=req.spec.accepted,
+                rejected_draft_tokens=req.spec.rejected,
+            )
+        return delta
+
+    # ---- speculative decoding (engine thread) -------------------------------------------
+
+    def _spec_state(self) -> SpecState:
+        assert self.spec is not None
+        ngram = None
+        if self.spec.method == "ngram":
+            ngram = NgramIndex(self.spec.ngram_min, self.spec.ngram_max)
+        return SpecState(AcceptanceTracker(self.spec.prior_acceptance), ngram)
+
+    def _propose(self) -> None:
+        """Sets seq.draft for the running decodes whose guesses the planner finds worth
+        their cost this step (speculative.py)."""
+        assert self.spec is not None and self.proposer is not None
+        reqs: list[Request] = []
+        proposals: list[ProposalRequest] = []
+        for seq in self.scheduler.running:
+            req = self._requests[seq.seq_id]
+            if req.spec is None or seq.num_uncomputed_tokens != 1:
+                continue
+            # Guesses past max_tokens or the context window could never be used.
+            room = min(
+                self.spec.max_draft_tokens,
+                req.max_tokens - seq.num_output_tokens - 1,
+                self.max_model_len - seq.num_tokens,
+            )
+            if room > 0:
+                reqs.append(req)
+                proposals.append(ProposalRequest(seq.seq_id, seq.token_ids, room, req.spec.ngram))
+        if not reqs:
+            return
+        sched = self.scheduler
+        base = min(
+            sched.config.max_num_batched_tokens,
+            sum(s.num_uncomputed_tokens for s in sched.running)
+            + sum(s.num_uncomputed_tokens for s in sched.waiting),
+        )
+        if self.proposer.lazy:  # a model proposer: plan first, then guess what is planned
+            candidates = [
+                Candidate(r.spec.tracker.rate, p.max_tokens)  # type: ignore[union-attr]
+                for r, p in zip(reqs, proposals, strict=True)
+            ]
+            plan = self._plan(candidates, base)
+            chosen = [
+                (r, p, k) for r, p, k in zip(reqs, proposals, plan.num_draft, strict=True) if k
+            ]
+            for _, p_req, k in chosen:
+                p_req.max_tokens = k
+            guesses = self.proposer.propose([p for _, p, _ in chosen])
+            drafts = {r.seq.seq_id: g for (r, _, _), g in zip(chosen, guesses, strict=True)}
+        else:  # cheap guesses first, so the plan sees how many each sequence has
+            guesses = self.proposer.propose(proposals)
+            candidates = [
+                Candidate(r.spec.tracker.rate, len(g))  # type: ignore[union-attr]
+                for r, g in zip(reqs, guesses, strict=True)
+            ]
+            plan = self._plan(candidates, base)
+            drafts = {
+                r.seq.seq_id: g[:k]
+                for r, g, k in zip(reqs, guesses, plan.num_draft, strict=True)
+                if k
+            }
+        self.metrics.spec_plans.labels(reason=plan.reason).inc()
+        for req in reqs:
+            guess = drafts.get(req.seq.seq_id)
+            req.seq.draft = list(guess) if guess else []
+            if not guess:
+                req.spec.tracker.idle()  # type: ignore[union-attr]
+
+    def _plan(self, candidates: list[Candidate], base_tokens: int) -> Plan:
+        assert self.spec is not None
+        if self.spec.adaptive:
+            return plan_drafts(candidates, base_tokens, self.step_cost)
+        return Plan([c.max_draft for c in candidates], "fixed", 0.0, base_tokens)
+
+    def _calibrate_step_cost(self) -> None:
+        """Times forward steps of 1..256 tokens once, so the first plans see this machine's
+        cost curve; real steps refine it from then on."""
+        sizes = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= self.max_model_len]
+        self.runner.time_forward(sizes[-1])  # warm-up: first calls allocate and pick kernels
+        for n in sizes:
+            best = min(self.runner.time_forward(n) for _ in range(3))
+            self.step_cost.observe(n, best)
 
     @staticmethod
     def _sample_request(req: Request) -> SampleRequest:
@@ -345,3 +529,16 @@ class Engine:
             stream.put(exc)
         self._streams.clear()
         self._pending.clear()
+
+
+def _merged(deltas: list[Delta]) -> Delta:
+    """One delta for several tokens of a request that came out of the same step."""
+    last = deltas[-1]
+    with_logprobs = last.logprobs is not None
+    return dataclasses.replace(
+        last,
+        text="".join(d.text for d in deltas),
+        token_ids=[t for d in deltas for t in d.token_ids],
+        logprobs=[x for d in deltas for x in d.logprobs or []] if with_logprobs else None,
+        top_logprobs=[x for d in deltas for x in d.top_logprobs or []] if with_logprobs else None,
+    )

@@ -48,15 +48,54 @@ class EngineMetrics:
             PREFIX + "request_success", "Finished requests by finish reason.",
             ["finished_reason"], registry=registry,
         )  # fmt: skip
+        # Speculative decoding (vLLM's spec_decode_* counters).
+        self.spec_drafts = Counter(
+            PREFIX + "spec_decode_num_drafts", "Sequence-steps that fed speculative guesses.",
+            registry=registry,
+        )  # fmt: skip
+        self.spec_draft_tokens = Counter(
+            PREFIX + "spec_decode_num_draft_tokens", "Speculative guesses fed to the model.",
+            registry=registry,
+        )  # fmt: skip
+        self.spec_accepted_tokens = Counter(
+            PREFIX + "spec_decode_num_accepted_tokens", "Speculative guesses accepted.",
+            registry=registry,
+        )  # fmt: skip
+        self.spec_accepted_per_pos = Counter(
+            PREFIX + "spec_decode_num_accepted_tokens_per_pos",
+            "Speculative guesses accepted, by position in the guess (0 = first).",
+            ["position"], registry=registry,
+        )  # fmt: skip
+        self.spec_drafted_per_pos = Counter(
+            PREFIX + "spec_decode_num_draft_tokens_per_pos",
+            "Speculative guesses fed, by position in the guess (0 = first).",
+            ["position"], registry=registry,
+        )  # fmt: skip
+        self.spec_plans = Counter(
+            PREFIX + "spec_decode_plans",
+            "Steps by why speculation stopped where it did: max_draft (all it could), "
+            "not_worth_it (a guess would lower expected tokens/s), no_proposal.",
+            ["reason"], registry=registry,
+        )  # fmt: skip
         registry.register(_StateCollector(engine))
 
-    def on_token(self, req: Request, now: float) -> None:
+    def on_token(self, req: Request, now: float, count: int = 1) -> None:
+        """`count` tokens of req came out of one step (more than one when speculating)."""
         if req.last_token_time is None:
             self.ttft.observe(now - req.arrival_time)
         else:
-            self.itl.observe(now - req.last_token_time)
+            self.itl.observe((now - req.last_token_time) / count)
         req.last_token_time = now
-        self.generation_tokens.inc()
+        self.generation_tokens.inc(count)
+
+    def on_verify(self, num_drafted: int, num_accepted: int) -> None:
+        self.spec_drafts.inc()
+        self.spec_draft_tokens.inc(num_drafted)
+        self.spec_accepted_tokens.inc(num_accepted)
+        for pos in range(num_drafted):
+            self.spec_drafted_per_pos.labels(position=str(pos)).inc()
+            if pos < num_accepted:
+                self.spec_accepted_per_pos.labels(position=str(pos)).inc()
 
     def on_finish(self, req: Request, reason: str, now: float) -> None:
         self.e2e.observe(now - req.arrival_time)

@@ -12,6 +12,7 @@ import torch
 
 from backend.sampler import SamplingParams
 from backend.sequence import Sequence
+from backend.speculative import AcceptanceTracker, NgramIndex
 from backend.stop_strings import StopStringMatcher
 from backend.tokenizer import IncrementalDetokenizer
 
@@ -33,6 +34,20 @@ class Delta:
     # requested number of best alternatives (token id, logprob), best first.
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    # Speculative decoding so far (cumulative, like completion_tokens): guesses that
+    # were accepted into the output / fed to the model and thrown away.
+    accepted_draft_tokens: int = 0
+    rejected_draft_tokens: int = 0
+
+
+@dataclass(slots=True)
+class SpecState:
+    """A speculating request's acceptance history and lookup index."""
+
+    tracker: AcceptanceTracker
+    ngram: NgramIndex | None = None
+    accepted: int = 0  # guesses kept, over the whole request
+    rejected: int = 0  # guesses thrown away
 
 
 @dataclass(slots=True)
@@ -46,6 +61,7 @@ class Request:
     generator: torch.Generator | None
     arrival_time: float  # time.monotonic() at add_request
     last_token_time: float | None = None
+    spec: SpecState | None = None  # set when this request speculates
 
     @property
     def prompt_token_ids(self) -> list[int]:

@@ -2,16 +2,19 @@
 
 Layout of the flat batch (T tokens): one-token decodes first, then prefill chunks, so
 the attention can batch all decodes in one call. Only the last token of a sequence that
-completes this step needs logits; the LM head runs on those rows alone.
+completes this step needs logits; the LM head runs on those rows alone. A sequence with
+speculative guesses feeds its last token and the guesses like a small prefill chunk and
+gets logits for all of them, to verify each guess.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
-from backend.attention import AttentionMetadata, PrefillSegment
+from backend.attention import AttentionMetadata, DecodeKernel, PrefillSegment
 from backend.model import LlamaModel
 from backend.scheduler import ScheduledBatch
 from backend.sequence import Sequence
@@ -19,8 +22,9 @@ from backend.sequence import Sequence
 
 @dataclass(frozen=True, slots=True)
 class StepOutput:
-    logits: torch.Tensor  # [N, vocab] float32, one row per sampling sequence
-    sampling: list[Sequence]  # the N sequences that yield a token this step, in row order
+    logits: torch.Tensor  # [N, vocab] float32: per sampling sequence, 1 + len(draft) rows
+    sampling: list[Sequence]  # the sequences that yield tokens this step, in row order
+    num_rows: list[int]  # logits rows of each sampling sequence
 
 
 class ModelRunner:
@@ -31,8 +35,10 @@ class ModelRunner:
         block_size: int,
         kv_dtype: torch.dtype,
         device: torch.device,
+        decode_kernel: DecodeKernel | None = None,
     ) -> None:
         self.model = model
+        self.decode_kernel = decode_kernel
         self.block_size = block_size
         self.device = device
         self.kv_cache = model.allocate_kv_cache(num_blocks, block_size, kv_dtype, device)
@@ -49,12 +55,15 @@ class ModelRunner:
         prefills: list[PrefillSegment] = []
         last_rows: list[int] = []
         sampling: list[Sequence] = []
+        num_rows: list[int] = []
         for i in order:
             seq, n = batch.seqs[i], batch.num_new_tokens[i]
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             table = seq.block_table
             q_start = len(input_ids)
             input_ids += seq.token_ids[start:end]
+            if seq.draft:  # the guesses follow the real tokens
+                input_ids += seq.draft[: end - seq.num_tokens]
             positions += range(start, end)
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             if n == 1:
@@ -64,8 +73,10 @@ class ModelRunner:
                 ids = torch.tensor(table[: -(-end // bs)], dtype=torch.long, device=self.device)
                 prefills.append(PrefillSegment(q_start, n, end, ids))
             if batch.sampling[i]:
-                last_rows.append(q_start + n - 1)
+                rows = 1 + len(seq.draft)
+                last_rows += range(q_start + n - rows, q_start + n)
                 sampling.append(seq)
+                num_rows.append(rows)
 
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slots),
@@ -74,12 +85,25 @@ class ModelRunner:
             decode_ctx_lens=self._tensor(decode_ctx) if decode_ctx else None,
             decode_max_ctx=max(decode_ctx, default=0),
             prefills=prefills,
+            decode_kernel=self.decode_kernel,
         )
         hidden = self.model.forward(
             self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache
         )
         logits = self.model.compute_logits(hidden[self._tensor(last_rows)])
-        return StepOutput(logits, sampling)
+        return StepOutput(logits, sampling, num_rows)
+
+    @torch.inference_mode()
+    def time_forward(self, num_tokens: int) -> float:
+        """Seconds for one step of `num_tokens` tokens with logits for all of them (a
+        prefill into the first blocks: call only while the cache holds nothing in use)."""
+        n = min(num_tokens, self.kv_cache.shape[2] * self.block_size)
+        meta = AttentionMetadata.single_prefill(n, self.block_size, self.device)
+        ids = torch.zeros(n, dtype=torch.long, device=self.device)
+        began = time.perf_counter()
+        hidden = self.model.forward(ids, torch.arange(n, device=self.device), meta, self.kv_cache)
+        self.model.compute_logits(hidden).cpu()  # .cpu(): waits for the device
+        return time.perf_counter() - began
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

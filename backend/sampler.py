@@ -65,6 +65,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k: the chosen token's logprob + k best
     logit_bias: dict[int, float] | None = None  # token id -> bias, clamped to +-100
     n: int = 1  # choices per prompt: the engine's business, not the sampler's
+    speculative: bool | None = None  # speculative decoding: None = the engine's default
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -191,7 +192,7 @@ def sample_batch(logits: torch.Tensor, rows: Sequence[SampleRequest]) -> list[Sa
         if not group:
             continue
         group_rows = [rows[i] for i in group]
-        processed = _processed(logits, group, group_rows)
+        processed = processed_logits(logits, group, group_rows)
         # Logprobs come from the processed logits, before temperature (see module doc).
         want = [j for j, row in enumerate(group_rows) if row.params.logprobs is not None]
         logprobs = torch.log_softmax(_take(processed, want), dim=-1) if want else None
@@ -199,7 +200,7 @@ def sample_batch(logits: torch.Tensor, rows: Sequence[SampleRequest]) -> list[Sa
             tokens = torch.argmax(processed, dim=-1)
         else:
             tokens = _pick_sampled(processed, group_rows, owned=processed is not logits)
-        for j, result in zip(group, _results(tokens, want, group_rows, logprobs), strict=True):
+        for j, result in zip(group, build_results(tokens, want, group_rows, logprobs), strict=True):
             results[j] = result
     return [r for r in results if r is not None]
 
@@ -211,7 +212,9 @@ def _take(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
     return t[torch.tensor(idx, device=t.device)]  # indexing copies faster than index_select
 
 
-def _processed(logits: torch.Tensor, idx: list[int], rows: list[SampleRequest]) -> torch.Tensor:
+def processed_logits(
+    logits: torch.Tensor, idx: list[int], rows: list[SampleRequest]
+) -> torch.Tensor:
     """The rows `idx` of `logits` after logit_bias and penalties (rows without any are
     only gathered). Returns `logits` itself when nothing needs changing."""
     changing = [j for j, row in enumerate(rows) if row.params.adjusts_logits]
@@ -265,6 +268,15 @@ def _pick_sampled(
 ) -> torch.Tensor:
     """Temperature, truncation and a draw per row; `processed` is divided in place when
     `owned` (a copy of ours) to spare an allocation."""
+    probs = sampling_probs(processed, rows, owned=owned)
+    return draw(probs, uniforms(rows, processed.device))
+
+
+def sampling_probs(
+    processed: torch.Tensor, rows: Sequence[SampleRequest], *, owned: bool = False
+) -> torch.Tensor:
+    """processed [S, vocab] -> the distribution each row draws from, after temperature,
+    top_k, top_p and min_p: [S, vocab] float32, non-negative, rows NOT renormalised."""
     device, vocab = processed.device, processed.shape[1]
     temps = torch.tensor([r.params.temperature for r in rows], device=device).unsqueeze(1)
     probs = torch.softmax(processed.div_(temps) if owned else processed / temps, dim=-1)
@@ -287,8 +299,11 @@ def _pick_sampled(
         floor = min_p_floor if floor is None else torch.maximum(floor, min_p_floor)
     if floor is not None:
         probs.masked_fill_(probs < floor.unsqueeze(1), 0.0)
+    return probs
 
-    # One uniform number per row from the row's own generator.
+
+def uniforms(rows: Sequence[SampleRequest], device: torch.device) -> torch.Tensor:
+    """One uniform float64 in [0, 1) per row, from the row's own generator: [S]."""
     draws = [
         torch.rand(
             1,
@@ -299,12 +314,10 @@ def _pick_sampled(
         for r in rows
     ]
     if len(draws) == 1:
-        uniforms = draws[0].to(device)
-    elif all(d.device == draws[0].device for d in draws):
-        uniforms = torch.cat(draws).to(device)
-    else:
-        uniforms = torch.cat([d.to(device) for d in draws])
-    return _draw(probs, uniforms)
+        return draws[0].to(device)
+    if all(d.device == draws[0].device for d in draws):
+        return torch.cat(draws).to(device)
+    return torch.cat([d.to(device) for d in draws])
 
 
 def _truncation_floor(probs: torch.Tensor, rows: list[SampleRequest]) -> torch.Tensor:
@@ -381,7 +394,7 @@ def _truncation_floor(probs: torch.Tensor, rows: list[SampleRequest]) -> torch.T
     return threshold
 
 
-def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: probs [S, vocab] (non-negative, any total), uniforms [S] float64
     in [0, 1) -> token ids [S].
 
@@ -415,7 +428,7 @@ def _search(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[1] - 1)
 
 
-def _results(
+def build_results(
     tokens: torch.Tensor,
     want: list[int],
     rows: list[SampleRequest],

@@ -38,11 +38,14 @@ class ScheduledBatch:
     # Whether each sequence reaches its last token this step, and so yields a next one.
     sampling: list[bool] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    # Speculative guesses thrown away after verification, by seq_id (set by the engine).
+    num_rejected: dict[int, int] = field(default_factory=dict)
 
     def add(self, seq: Sequence, num_tokens: int) -> None:
+        """num_tokens: of seq's uncomputed tokens, then of its guesses (seq.draft)."""
         self.seqs.append(seq)
         self.num_new_tokens.append(num_tokens)
-        self.sampling.append(num_tokens == seq.num_uncomputed_tokens)
+        self.sampling.append(num_tokens >= seq.num_uncomputed_tokens)
 
     @property
     def num_tokens(self) -> int:
@@ -75,9 +78,13 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.draft:  # guesses only where the budget and free blocks allow
+                del seq.draft[max(0, budget - seq.num_uncomputed_tokens) :]
+                if seq.draft and not self.blocks.can_append(seq, len(seq.draft)):
+                    seq.draft.clear()  # never preempt anyone for a guess
             if not self._make_room_for(seq, batch):
                 break  # seq itself was preempted; everything after it already was
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = min(seq.num_uncomputed_tokens + len(seq.draft), budget)
             batch.add(seq, n)
             budget -= n
             i += 1
@@ -108,21 +115,23 @@ class Scheduler:
             self._preempt(victim, batch)
             if victim is seq:
                 return False
-        self.blocks.append_slots(seq)
+        self.blocks.append_slots(seq, len(seq.draft))
         return True
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)  # recompute later: KV dropped, tokens kept
+        seq.draft.clear()
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
         self.num_preemptions += 1
 
     def after_step(self, batch: ScheduledBatch) -> None:
-        """Records that the step's tokens now have KV (call before appending new tokens)."""
+        """Records that the step's tokens now have KV (call before appending new tokens);
+        rejected guesses do not count."""
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            seq.num_computed_tokens += n
+            seq.num_computed_tokens += n - batch.num_rejected.get(seq.seq_id, 0)
             self.blocks.mark_computed(seq)
 
     def finish(self, seq: Sequence) -> None:

@@ -30,6 +30,9 @@ class Sequence:
     # Another choice of the same prompt (n > 1): this one is admitted only once that one's
     # prompt is computed, so its full blocks come from the prefix cache instead of again.
     after: Sequence | None = None
+    # Speculative guesses fed after the last token this step (not in token_ids, never
+    # hashed into the prefix cache); cleared once verified.
+    draft: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from backend.speculative import PROPOSERS, SpeculativeConfig
+
 log = logging.getLogger("llm_gateway")
 
 
@@ -68,7 +70,45 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--int8-decode", action="store_true",
         help="CPU: int8 weight copies for small decode steps (faster, not bit-exact)",
     )  # fmt: skip
+    p.add_argument(
+        "--attention-backend", default="auto", choices=["auto", "torch"],
+        help="decode attention: auto = fused kernel where built (CPU: compiled on first use), "
+        "torch = pure-PyTorch reference",
+    )  # fmt: skip
+    s = p.add_argument_group("speculative decoding")
+    s.add_argument(
+        "--speculative", choices=list(PROPOSERS), default=None,
+        help="guess tokens and verify them in one step: ngram = prompt lookup, self-draft = the "
+        "model's first layers, draft-model = a smaller model (--draft-model). Default: off",
+    )  # fmt: skip
+    s.add_argument("--num-speculative-tokens", type=int, default=8, help="most guesses per step")
+    s.add_argument(
+        "--speculative-opt-in", action="store_true",
+        help='speculate only for requests that send "speculative": true (default: all '
+        'requests except those that send false)',
+    )  # fmt: skip
+    s.add_argument(
+        "--no-adaptive-speculation", action="store_true",
+        help="feed every guess (fixed k) instead of choosing k from acceptance and load",
+    )  # fmt: skip
+    s.add_argument("--draft-model", default=None, help="draft-model: GGUF file or HF folder")
+    s.add_argument(
+        "--self-draft-layers", type=int, default=8, help="self-draft: layers the guesser runs"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _speculative(args: argparse.Namespace) -> SpeculativeConfig | None:
+    if args.speculative is None:
+        return None
+    return SpeculativeConfig(
+        method=args.speculative,
+        max_draft_tokens=args.num_speculative_tokens,
+        default_on=not args.speculative_opt_in,
+        adaptive=not args.no_adaptive_speculation,
+        draft_model=args.draft_model,
+        self_draft_layers=args.self_draft_layers,
+    )
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -124,6 +164,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens,
             enable_prefix_caching=not args.no_prefix_caching,
             int8_decode=args.int8_decode,
+            attention_backend=args.attention_backend,
+            speculative=_speculative(args),
         )
         log.info("loading %s", model_path)
         engine = Engine.from_config(config)

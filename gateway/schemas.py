@@ -72,6 +72,8 @@ class _GenerationRequest(Struct, kw_only=True):
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     ignore_eos: bool | None = None
+    # Ours: speculative decoding for this request (None: the server's default).
+    speculative: bool | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest, kw_only=True):
@@ -99,10 +101,17 @@ class CompletionRequest(_GenerationRequest, kw_only=True):
 # ---- responses --------------------------------------------------------------------------
 
 
-class Usage(Struct, kw_only=True):
+class CompletionTokensDetails(Struct, kw_only=True):
+    # OpenAI's names (from Predicted Outputs): guesses the model kept / threw away.
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+
+
+class Usage(Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None  # when speculating
 
 
 class AssistantMessage(Struct, kw_only=True):

@@ -32,6 +32,7 @@ from gateway.schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
+    CompletionTokensDetails,
     Usage,
 )
 from gateway.upstreams.base import ChatResult, CompletionResult
@@ -53,10 +54,14 @@ class _Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopList] = field(default_factory=list)
+    accepted_draft_tokens: int = 0
+    rejected_draft_tokens: int = 0
 
     def add(self, delta: Delta) -> None:
         self.text += delta.text
         self.completion_tokens = delta.completion_tokens
+        self.accepted_draft_tokens = delta.accepted_draft_tokens
+        self.rejected_draft_tokens = delta.rejected_draft_tokens
         self.finish_reason = delta.finish_reason
         if delta.logprobs is not None and delta.top_logprobs is not None:
             self.token_ids += delta.token_ids
@@ -133,6 +138,8 @@ class EngineUpstream:
             async for i, delta in merged:
                 prompt_tokens = delta.prompt_tokens
                 totals[i].completion_tokens = delta.completion_tokens
+                totals[i].accepted_draft_tokens = delta.accepted_draft_tokens
+                totals[i].rejected_draft_tokens = delta.rejected_draft_tokens
                 logprobs = None
                 if delta.logprobs is not None and delta.top_logprobs is not None:
                     entries = self.logprobs.chat(
@@ -224,6 +231,8 @@ class EngineUpstream:
             async for i, delta in merged:
                 prompt_tokens[i // n] = delta.prompt_tokens
                 totals[i].completion_tokens = delta.completion_tokens
+                totals[i].accepted_draft_tokens = delta.accepted_draft_tokens
+                totals[i].rejected_draft_tokens = delta.rejected_draft_tokens
                 logprobs = None
                 if delta.logprobs is not None and delta.top_logprobs is not None:
                     logprobs = self.logprobs.completion(
@@ -320,8 +329,15 @@ async def _collect(streams: list[RequestStream], n: int) -> tuple[list[_Choice],
 
 def _usage(prompt_tokens: int, choices: list[_Choice]) -> Usage:
     completion = sum(c.completion_tokens for c in choices)
+    accepted = sum(c.accepted_draft_tokens for c in choices)
+    rejected = sum(c.rejected_draft_tokens for c in choices)
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         total_tokens=prompt_tokens + completion,
+        completion_tokens_details=CompletionTokensDetails(
+            accepted_prediction_tokens=accepted, rejected_prediction_tokens=rejected
+        )
+        if accepted or rejected
+        else None,
     )

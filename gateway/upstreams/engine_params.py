@@ -61,6 +61,7 @@ def sampling_params(
             ignore_eos=bool(request.ignore_eos),
             logprobs=logprobs,
             logit_bias=_logit_bias(request.logit_bias, vocab_size),
+            speculative=request.speculative,
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc

@@ -40,6 +40,11 @@ def server_url(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         MODEL_ID,
         "--log-level",
         "warning",
+        # Prompt lookup for requests that ask for it ("speculative": true) only.
+        "--speculative",
+        "ngram",
+        "--speculative-opt-in",
+        "--no-adaptive-speculation",
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())

@@ -333,3 +333,42 @@ def test_client_disconnect_aborts_the_generation(server_url: str) -> None:
         time.sleep(0.1)
     assert _metric(server_url, "llm_engine:num_requests_running") == 0
     assert _metric(server_url, "llm_engine:kv_cache_usage_perc") == 0
+
+
+PASSAGE = (
+    "The lighthouse keeper climbed the spiral stairs every evening at six. He wound the "
+    "clockwork, trimmed the wick and polished the great lens until it shone."
+)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_speculative_request_reports_its_guesses(
+    client: openai.OpenAI, server_url: str, stream: bool
+) -> None:
+    messages = [{"role": "user", "content": f"Repeat this passage exactly:\n\n{PASSAGE}"}]
+    kwargs = {"model": MODEL_ID, "messages": messages, "max_tokens": 40, "temperature": 0}
+    plain = client.chat.completions.create(**kwargs)  # the server's default here: off
+    assert plain.usage is not None and plain.usage.completion_tokens_details is None
+    drafted_before = _metric(server_url, "llm_engine:spec_decode_num_draft_tokens_total")
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                **kwargs,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"speculative": True},
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        fast = client.chat.completions.create(**kwargs, extra_body={"speculative": True})
+        text, usage = fast.choices[0].message.content, fast.usage
+    assert text == plain.choices[0].message.content  # greedy: same answer either way
+    assert usage is not None and usage.completion_tokens_details is not None
+    details = usage.completion_tokens_details
+    assert details.accepted_prediction_tokens > 10
+    drafted = _metric(server_url, "llm_engine:spec_decode_num_draft_tokens_total")
+    assert drafted - drafted_before == (
+        details.accepted_prediction_tokens + details.rejected_prediction_tokens
+    )

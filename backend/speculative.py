@@ -1,0 +1,238 @@
+"""Speculative decoding, the pure-logic half: proposers, acceptance tracking, and the
+planner that decides each step how many guesses each sequence gets (no torch, no I/O).
+
+A step that feeds a sequence its last token plus k guessed tokens costs about what a
+one-token step costs while the step is memory-bound, and yields 1 + (accepted guesses)
+tokens. Whether it pays depends on two measured things: how often this sequence's
+guesses are accepted, and how much longer a step with more tokens takes on this
+machine (`StepCost`). The planner adds guesses one at a time, most valuable first,
+while they raise the expected tokens per second of the whole step; under a big batch
+the step is already compute-bound and no guess pays, so none is made.
+
+Verification (rejection sampling over the target's logits) lives in spec_verify.py.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+PROPOSERS = ("ngram", "self-draft", "draft-model")
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeConfig:
+    method: str = "ngram"  # one of PROPOSERS
+    max_draft_tokens: int = 8  # k at most, per sequence and step
+    default_on: bool = True  # requests that do not say get speculation when this is on
+    ngram_max: int = 4  # prompt lookup: longest suffix n-gram tried first...
+    ngram_min: int = 2  # ...down to this length
+    self_draft_layers: int = 8  # self-draft: the target's first layers + its norm and head
+    draft_model: str | None = None  # draft-model: path of a model sharing the vocabulary
+    prior_acceptance: float = 0.6  # acceptance assumed before a sequence has any history
+    # False: every proposal is fed whole (fixed k), whatever it costs; for experiments
+    # and for tests that must not depend on this machine's timings.
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in PROPOSERS:
+            raise ValueError(f"speculative method must be one of {PROPOSERS}, got {self.method!r}")
+        if not 1 <= self.max_draft_tokens <= 32:
+            raise ValueError("max_draft_tokens must be in [1, 32]")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError("need 1 <= ngram_min <= ngram_max")
+        if self.self_draft_layers < 1:
+            raise ValueError("self_draft_layers must be at least 1")
+        if self.method == "draft-model" and not self.draft_model:
+            raise ValueError("the draft-model method needs draft_model (a path)")
+        if not 0.0 < self.prior_acceptance < 1.0:
+            raise ValueError("prior_acceptance must be in (0, 1)")
+
+
+class NgramIndex:
+    """Prompt lookup for one sequence: the latest earlier occurrence of its last n tokens
+    (n from ngram_max down to ngram_min) and the tokens that followed it there.
+
+    Kept incrementally: an n-gram is indexed once the token after it exists, so a lookup
+    never finds the suffix itself, and each new token costs O(ngram_max) dict updates.
+    """
+
+    def __init__(self, ngram_min: int, ngram_max: int) -> None:
+        self.ngram_min, self.ngram_max = ngram_min, ngram_max
+        self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest occurrence
+        self._indexed = 0  # n-grams ending before this position are in the index
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+        length = len(tokens)
+        for end in range(max(self._indexed, 1), length):  # index n-grams ending at `end`
+            for n in range(self.ngram_min, min(self.ngram_max, end) + 1):
+                self._ends[tuple(tokens[end - n : end])] = end
+        self._indexed = max(self._indexed, length)
+        if k <= 0:
+            return []
+        for n in range(min(self.ngram_max, length - 1), self.ngram_min - 1, -1):
+            found = self._ends.get(tuple(tokens[length - n :]))
+            if found is not None:
+                return list(tokens[found : found + k])
+        return []
+
+
+@dataclass(slots=True)
+class AcceptanceTracker:
+    """Per-sequence estimate of a = P(guess i accepted | guesses before it accepted).
+
+    Counts decay by `decay` per update, so the estimate follows the text as it changes;
+    a step without guesses also decays them toward the prior, so a sequence that was
+    cut off for low acceptance is tried again after a while rather than never.
+    """
+
+    prior: float
+    weight: float = 2.0  # pseudo-trials behind the prior
+    decay: float = 0.9
+    accepted: float = 0.0
+    tried: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return (self.accepted + self.prior * self.weight) / (self.tried + self.weight)
+
+    def record(self, num_drafted: int, num_accepted: int) -> None:
+        # Guesses after the first rejection were never judged: they carry no evidence.
+        tried = min(num_accepted + 1, num_drafted)
+        self.accepted = self.accepted * self.decay + num_accepted
+        self.tried = self.tried * self.decay + tried
+
+    def idle(self) -> None:
+        self.accepted *= self.decay
+        self.tried *= self.decay
+
+
+class StepCost:
+    """Seconds a forward step takes as a function of its token count, on this machine.
+
+    Seeded by a calibration (engine start-up) and refined by every real step: one
+    exponential average per bucket (exact below 16 tokens, then powers of two), with
+    linear interpolation between buckets, so the planner sees the real shape of the
+    cost curve (flat while weights dominate, then rising).
+    """
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self._points: dict[int, float] = {}
+
+    @staticmethod
+    def bucket(num_tokens: int) -> int:
+        if num_tokens <= 16:
+            return max(1, num_tokens)
+        return 1 << (num_tokens - 1).bit_length()
+
+    def observe(self, num_tokens: int, seconds: float) -> None:
+        b = self.bucket(num_tokens)
+        old = self._points.get(b)
+        self._points[b] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    @property
+    def calibrated(self) -> bool:
+        return len(self._points) >= 2
+
+    def __call__(self, num_tokens: int) -> float:
+        if not self._points:
+            return float(num_tokens)
+        xs = sorted(self._points)
+        # Interpolate through the origin below the first point: a cost never goes below
+        # zero, and a larger step never costs less than a smaller one.
+        if num_tokens <= xs[0]:
+            return self._points[xs[0]] * num_tokens / xs[0]
+        for lo, hi in itertools.pairwise(xs):
+            if num_tokens <= hi:
+                ylo, yhi = self._points[lo], max(self._points[hi], self._points[lo])
+                return ylo + (yhi - ylo) * (num_tokens - lo) / (hi - lo)
+        last = xs[-1]
+        return self._points[last] * num_tokens / last  # beyond: proportional
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A sequence that could speculate this step."""
+
+    acceptance: float  # its tracker's rate
+    max_draft: int  # guesses available (proposal length, room left, max_draft_tokens)
+
+
+@dataclass(slots=True)
+class Plan:
+    num_draft: list[int]  # guesses per candidate, in candidate order
+    reason: str  # why speculation stopped where it did (for metrics and logs)
+    expected_tokens: float = 0.0
+    step_tokens: int = 0
+    notes: dict[str, float] = field(default_factory=dict)
+
+
+def plan_drafts(candidates: Sequence[Candidate], base_tokens: int, cost: StepCost) -> Plan:
+    """How many guesses each candidate feeds this step.
+
+    base_tokens: tokens the step runs without speculation (one per decode, prefill
+    chunks); each is worth one token of progress. A candidate's i-th guess adds a**i
+    expected tokens (it counts only if all guesses before it are accepted). Guesses are
+    added best first while (expected tokens) / cost(step tokens) increases.
+    """
+    num_draft = [0] * len(candidates)
+    heap = [(-c.acceptance, i, 1) for i, c in enumerate(candidates) if c.max_draft > 0]
+    if not heap:
+        return Plan(num_draft, "no_proposal", float(base_tokens), base_tokens)
+    heapq.heapify(heap)
+    value, tokens = float(base_tokens), base_tokens
+    reason = "max_draft"
+    while heap:
+        neg_gain, i, depth = heap[0]
+        gain = -neg_gain
+        if (value + gain) * cost(tokens) <= value * cost(tokens + 1):
+            reason = "not_worth_it"
+            break
+        heapq.heappop(heap)
+        value += gain
+        tokens += 1
+        num_draft[i] = depth
+        if depth < candidates[i].max_draft:
+            heapq.heappush(heap, (-(gain * candidates[i].acceptance), i, depth + 1))
+    if not any(num_draft):
+        reason = "not_worth_it"
+    return Plan(num_draft, reason, value, tokens)
+
+
+class Proposer(Protocol):
+    """Guesses the next tokens of many sequences at once (model proposers batch them).
+
+    lazy: guessing costs model time, so the engine plans first and asks only for the
+    planned number of guesses; otherwise (n-gram lookup) it asks for as many as fit and
+    plans with what came back.
+    """
+
+    lazy: bool
+
+    def propose(self, requests: Sequence[ProposalRequest]) -> list[list[int]]: ...
+
+
+@dataclass(slots=True)
+class ProposalRequest:
+    seq_id: int
+    token_ids: Sequence[int]  # everything so far, prompt included
+    max_tokens: int  # at most this many guesses
+    ngram: NgramIndex | None = None  # the sequence's own lookup index (n-gram proposer)
+
+
+class NgramProposer:
+    """Prompt lookup (Saxena 2023): guesses continue an earlier occurrence of the suffix."""
+
+    lazy = False
+
+    def propose(self, requests: Sequence[ProposalRequest]) -> list[list[int]]:
+        out = []
+        for r in requests:
+            if r.ngram is None:
+                raise ValueError("the n-gram proposer needs each sequence's NgramIndex")
+            out.append(r.ngram.propose(r.token_ids, r.max_tokens))
+        return out
