@@ -43,6 +43,7 @@ test: install
 bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/speculative.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -139,9 +139,7 @@ class Engine:
         self.metrics = EngineMetrics(self, registry or CollectorRegistry())
         self.spec = config.speculative
         self.step_cost = StepCost()
-        self.proposer = (
-            build_proposer(self.spec, loaded, self.runner) if self.spec is not None else None
-        )
+        self.proposer = build_proposer(self.spec, self.runner) if self.spec is not None else None
         if self.spec is not None and self.spec.adaptive:
             self._calibrate_step_cost()
         self._seq_ids = itertools.count()
@@ -299,6 +297,10 @@ class Engine:
             return []
         try:
             began = time.perf_counter()
+            if self.proposer is not None and self.proposer.lazy:
+                guessing = [s for s in batch.seqs if s.draft]
+                if guessing:  # placeholders -> guesses, now that their KV slots exist
+                    self.proposer.fill(guessing)
             out = self.runner.execute(batch)
             emitted = self._sample(out.logits, out.sampling, out.num_rows)
             self.step_cost.observe(batch.num_tokens, time.perf_counter() - began)
@@ -420,10 +422,8 @@ class Engine:
             chosen = [
                 (r, p, k) for r, p, k in zip(reqs, proposals, plan.num_draft, strict=True) if k
             ]
-            for _, p_req, k in chosen:
-                p_req.max_tokens = k
-            guesses = self.proposer.propose([p for _, p, _ in chosen])
-            drafts = {r.seq.seq_id: g for (r, _, _), g in zip(chosen, guesses, strict=True)}
+            # Placeholders: the step is scheduled with them, then fill() guesses.
+            drafts = {r.seq.seq_id: [0] * k for r, _, k in chosen}
         else:  # cheap guesses first, so the plan sees how many each sequence has
             guesses = self.proposer.propose(proposals)
             candidates = [

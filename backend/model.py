@@ -119,14 +119,17 @@ class LlamaModel(nn.Module):
         positions: torch.Tensor,
         meta: AttentionMetadata,
         kv_cache: torch.Tensor,
+        num_layers: int | None = None,
     ) -> torch.Tensor:
         """input_ids, positions: [T]; kv_cache: [L, 2, num_blocks, block_size, Hkv, D].
 
         Returns hidden states [T, hidden] and writes the T tokens' K/V into the cache.
+        num_layers: run only the first layers, then the final norm (early exit: the
+        self-draft guesser); their K/V equal what the full model writes there.
         """
         x = F.embedding(input_ids, self.embed_tokens.weight)
         cos, sin = self.rope_cache[positions].to(x.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T,1,D/2]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers[:num_layers]):
             x = layer.forward(x, cos, sin, meta, kv_cache[i])
         return self.norm.forward(x)
 

@@ -1,13 +1,78 @@
-"""Builds the proposer a SpeculativeConfig names (see speculative.py for the interface)."""
+"""Proposers that need the model, and `build_proposer` for a SpeculativeConfig (the
+interface and prompt lookup are in speculative.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
+
+import torch
+
+from backend.attention import AttentionMetadata
 from backend.runner import ModelRunner
-from backend.speculative import NgramProposer, Proposer, SpeculativeConfig
-from backend.weights import LoadedModel
+from backend.sequence import Sequence
+from backend.speculative import NgramProposer, ProposalRequest, Proposer, SpeculativeConfig
 
 
-def build_proposer(config: SpeculativeConfig, target: LoadedModel, runner: ModelRunner) -> Proposer:
+class SelfDraftProposer:
+    """Early exit: the target's first `num_layers` layers, then its final norm and LM head,
+    guess greedily, one token per pass, all speculating sequences batched.
+
+    It needs no second model and no cache of its own: for the tokens it reads, the
+    first layers' K/V in the target's cache are exactly what it would compute, and what it
+    writes for its guesses (in the slots the step reserved for them) the verification
+    pass overwrites with the same values where guesses are kept.
+    """
+
+    lazy = True
+
+    def __init__(self, runner: ModelRunner, num_layers: int) -> None:
+        total = runner.model.config.num_layers
+        if num_layers >= total:
+            raise ValueError(f"self_draft_layers must be below the model's {total} layers")
+        self.runner = runner
+        self.num_layers = num_layers
+
+    def propose(self, requests: Seq[ProposalRequest]) -> list[list[int]]:
+        raise NotImplementedError("the self-draft guesses after scheduling (fill)")
+
+    @torch.inference_mode()
+    def fill(self, seqs: Seq[Sequence]) -> None:
+        """Replaces the placeholder guesses in each seq.draft with real ones."""
+        runner, bs = self.runner, self.runner.block_size
+        device = runner.device
+        last = [s.token_ids[-1] for s in seqs]
+        for j in range(max(len(s.draft) for s in seqs)):
+            rows = [i for i, s in enumerate(seqs) if j < len(s.draft)]
+            positions = [seqs[i].num_tokens - 1 + j for i in rows]
+            tables = [seqs[i].block_table for i in rows]
+            slots = [t[p // bs] * bs + p % bs for t, p in zip(tables, positions, strict=True)]
+            width = max(-(-(p + 1) // bs) for p in positions)
+            padded = [t[:width] + [0] * (width - len(t[:width])) for t in tables]
+            meta = AttentionMetadata(
+                slot_mapping=torch.tensor(slots, device=device),
+                num_decodes=len(rows),
+                decode_block_tables=torch.tensor(padded, device=device),
+                decode_ctx_lens=torch.tensor([p + 1 for p in positions], device=device),
+                decode_max_ctx=max(positions) + 1,
+                decode_kernel=runner.decode_kernel,
+            )
+            ids = torch.tensor([last[i] for i in rows], device=device)
+            hidden = runner.model.forward(
+                ids,
+                torch.tensor(positions, device=device),
+                meta,
+                runner.kv_cache,
+                num_layers=self.num_layers,
+            )
+            guesses: list[int] = runner.model.compute_logits(hidden).argmax(-1).tolist()
+            for i, g in zip(rows, guesses, strict=True):
+                seqs[i].draft[j] = g
+                last[i] = g
+
+
+def build_proposer(config: SpeculativeConfig, runner: ModelRunner) -> Proposer:
     if config.method == "ngram":
         return NgramProposer()
+    if config.method == "self-draft":
+        return SelfDraftProposer(runner, config.self_draft_layers)
     raise ValueError(f"speculative method {config.method!r} is not available")

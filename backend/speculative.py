@@ -18,9 +18,9 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-PROPOSERS = ("ngram", "self-draft", "draft-model")
+PROPOSERS = ("ngram", "self-draft")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,6 @@ class SpeculativeConfig:
     ngram_max: int = 4  # prompt lookup: longest suffix n-gram tried first...
     ngram_min: int = 2  # ...down to this length
     self_draft_layers: int = 8  # self-draft: the target's first layers + its norm and head
-    draft_model: str | None = None  # draft-model: path of a model sharing the vocabulary
     prior_acceptance: float = 0.6  # acceptance assumed before a sequence has any history
     # False: every proposal is fed whole (fixed k), whatever it costs; for experiments
     # and for tests that must not depend on this machine's timings.
@@ -46,8 +45,6 @@ class SpeculativeConfig:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
         if self.self_draft_layers < 1:
             raise ValueError("self_draft_layers must be at least 1")
-        if self.method == "draft-model" and not self.draft_model:
-            raise ValueError("the draft-model method needs draft_model (a path)")
         if not 0.0 < self.prior_acceptance < 1.0:
             raise ValueError("prior_acceptance must be in (0, 1)")
 
@@ -204,16 +201,19 @@ def plan_drafts(candidates: Sequence[Candidate], base_tokens: int, cost: StepCos
 
 
 class Proposer(Protocol):
-    """Guesses the next tokens of many sequences at once (model proposers batch them).
+    """Guesses the next tokens of many sequences at once.
 
-    lazy: guessing costs model time, so the engine plans first and asks only for the
-    planned number of guesses; otherwise (n-gram lookup) it asks for as many as fit and
-    plans with what came back.
+    lazy = False (n-gram lookup): guessing is cheap, so `propose` runs before planning
+    and the plan sees how many guesses each sequence has. lazy = True (model guessers):
+    the engine plans with the room each sequence has, schedules the step with that many
+    placeholder guesses (so their KV slots exist), then `fill`s them in one batched pass.
     """
 
     lazy: bool
 
     def propose(self, requests: Sequence[ProposalRequest]) -> list[list[int]]: ...
+
+    def fill(self, seqs: Sequence[Any]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -236,3 +236,6 @@ class NgramProposer:
                 raise ValueError("the n-gram proposer needs each sequence's NgramIndex")
             out.append(r.ngram.propose(r.token_ids, r.max_tokens))
         return out
+
+    def fill(self, seqs: Sequence[Any]) -> None:
+        raise NotImplementedError("prompt lookup proposes up front")

@@ -79,7 +79,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--speculative", choices=list(PROPOSERS), default=None,
         help="guess tokens and verify them in one step: ngram = prompt lookup, self-draft = the "
-        "model's first layers, draft-model = a smaller model (--draft-model). Default: off",
+        "model's first layers with its own head (early exit). Default: off",
     )  # fmt: skip
     s.add_argument("--num-speculative-tokens", type=int, default=8, help="most guesses per step")
     s.add_argument(
@@ -91,7 +91,6 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--no-adaptive-speculation", action="store_true",
         help="feed every guess (fixed k) instead of choosing k from acceptance and load",
     )  # fmt: skip
-    s.add_argument("--draft-model", default=None, help="draft-model: GGUF file or HF folder")
     s.add_argument(
         "--self-draft-layers", type=int, default=8, help="self-draft: layers the guesser runs"
     )
@@ -106,7 +105,6 @@ def _speculative(args: argparse.Namespace) -> SpeculativeConfig | None:
         max_draft_tokens=args.num_speculative_tokens,
         default_on=not args.speculative_opt_in,
         adaptive=not args.no_adaptive_speculation,
-        draft_model=args.draft_model,
         self_draft_layers=args.self_draft_layers,
     )
 

@@ -135,3 +135,21 @@ def test_speculation_refused_when_the_server_has_none(plain: Engine, loaded: Loa
 
     with pytest.raises(RequestRejected, match="speculative"):
         asyncio.run(go())
+
+
+def test_self_draft_keeps_greedy_output_identical(plain: Engine, loaded: LoadedModel) -> None:
+    config = SpeculativeConfig(method="self-draft", self_draft_layers=6, max_draft_tokens=3,
+                               adaptive=False)  # fmt: skip
+    eng = Engine(loaded, EngineConfig(max_num_batched_tokens=256, speculative=config))
+    try:
+        prompts = [chat_ids(loaded, p) for p in PROMPTS[:2]]
+        params = SamplingParams(max_tokens=30, temperature=0.0)
+        expected = [run_all(plain, [p], [params])[0][0] for p in prompts]
+        got = run_all(eng, prompts, [params, params])
+        assert [tokens for tokens, _ in got] == expected
+        drafted = sum(d.accepted_draft_tokens + d.rejected_draft_tokens for _, d in got)
+        assert drafted > 0  # it did guess (fixed k: every decode step)
+        assert eng.blocks.num_free_blocks == eng.blocks.num_blocks
+        eng.blocks._check()
+    finally:
+        eng.shutdown()
