@@ -57,11 +57,15 @@ class _Choice:
     accepted_draft_tokens: int = 0
     rejected_draft_tokens: int = 0
 
-    def add(self, delta: Delta) -> None:
-        self.text += delta.text
+    def count(self, delta: Delta) -> None:
+        """Takes the delta's running totals (tokens and guesses so far), not its content."""
         self.completion_tokens = delta.completion_tokens
         self.accepted_draft_tokens = delta.accepted_draft_tokens
         self.rejected_draft_tokens = delta.rejected_draft_tokens
+
+    def add(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.count(delta)
         self.finish_reason = delta.finish_reason
         if delta.logprobs is not None and delta.top_logprobs is not None:
             self.token_ids += delta.token_ids
@@ -137,9 +141,7 @@ class EngineUpstream:
         async with contextlib.aclosing(_merge(streams)) as merged:  # aborts on early exit
             async for i, delta in merged:
                 prompt_tokens = delta.prompt_tokens
-                totals[i].completion_tokens = delta.completion_tokens
-                totals[i].accepted_draft_tokens = delta.accepted_draft_tokens
-                totals[i].rejected_draft_tokens = delta.rejected_draft_tokens
+                totals[i].count(delta)
                 logprobs = None
                 if delta.logprobs is not None and delta.top_logprobs is not None:
                     entries = self.logprobs.chat(
@@ -230,9 +232,7 @@ class EngineUpstream:
         async with contextlib.aclosing(_merge(streams)) as merged:  # aborts on early exit
             async for i, delta in merged:
                 prompt_tokens[i // n] = delta.prompt_tokens
-                totals[i].completion_tokens = delta.completion_tokens
-                totals[i].accepted_draft_tokens = delta.accepted_draft_tokens
-                totals[i].rejected_draft_tokens = delta.rejected_draft_tokens
+                totals[i].count(delta)
                 logprobs = None
                 if delta.logprobs is not None and delta.top_logprobs is not None:
                     logprobs = self.logprobs.completion(
