@@ -404,7 +404,7 @@ class Engine:
             )
             if room > 0:
                 reqs.append(req)
-                proposals.append(ProposalRequest(seq.seq_id, seq.token_ids, room, req.spec.ngram))
+                proposals.append(ProposalRequest(seq.token_ids, room, req.spec.ngram))
         if not reqs:
             return
         sched = self.scheduler
@@ -447,7 +447,7 @@ class Engine:
         assert self.spec is not None
         if self.spec.adaptive:
             return plan_drafts(candidates, base_tokens, self.step_cost)
-        return Plan([c.max_draft for c in candidates], "fixed", 0.0, base_tokens)
+        return Plan([c.max_draft for c in candidates], "fixed")
 
     def _calibrate_step_cost(self) -> None:
         """Times forward steps of 1..256 tokens once, so the first plans see this machine's

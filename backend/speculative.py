@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 PROPOSERS = ("ngram", "self-draft")
@@ -131,10 +131,6 @@ class StepCost:
         old = self._points.get(b)
         self._points[b] = seconds if old is None else old + self.alpha * (seconds - old)
 
-    @property
-    def calibrated(self) -> bool:
-        return len(self._points) >= 2
-
     def __call__(self, num_tokens: int) -> float:
         if not self._points:
             return float(num_tokens)
@@ -163,9 +159,6 @@ class Candidate:
 class Plan:
     num_draft: list[int]  # guesses per candidate, in candidate order
     reason: str  # why speculation stopped where it did (for metrics and logs)
-    expected_tokens: float = 0.0
-    step_tokens: int = 0
-    notes: dict[str, float] = field(default_factory=dict)
 
 
 def plan_drafts(candidates: Sequence[Candidate], base_tokens: int, cost: StepCost) -> Plan:
@@ -179,7 +172,7 @@ def plan_drafts(candidates: Sequence[Candidate], base_tokens: int, cost: StepCos
     num_draft = [0] * len(candidates)
     heap = [(-c.acceptance, i, 1) for i, c in enumerate(candidates) if c.max_draft > 0]
     if not heap:
-        return Plan(num_draft, "no_proposal", float(base_tokens), base_tokens)
+        return Plan(num_draft, "no_proposal")
     heapq.heapify(heap)
     value, tokens = float(base_tokens), base_tokens
     reason = "max_draft"
@@ -197,7 +190,7 @@ def plan_drafts(candidates: Sequence[Candidate], base_tokens: int, cost: StepCos
             heapq.heappush(heap, (-(gain * candidates[i].acceptance), i, depth + 1))
     if not any(num_draft):
         reason = "not_worth_it"
-    return Plan(num_draft, reason, value, tokens)
+    return Plan(num_draft, reason)
 
 
 class Proposer(Protocol):
@@ -218,7 +211,6 @@ class Proposer(Protocol):
 
 @dataclass(slots=True)
 class ProposalRequest:
-    seq_id: int
     token_ids: Sequence[int]  # everything so far, prompt included
     max_tokens: int  # at most this many guesses
     ngram: NgramIndex | None = None  # the sequence's own lookup index (n-gram proposer)
