@@ -36,7 +36,7 @@ class PrefillSegment:
 @dataclass(frozen=True, slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] long: where each token's K/V is written
-    num_decodes: int = 0  # rows 0..num_decodes-1 are one-token decodes
+    num_decodes: int = 0  # rows 0..num_decodes-1 are one-query rows (decodes, verify rows)
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] long, 0-padded
     decode_ctx_lens: torch.Tensor | None = None  # [num_decodes] long
     decode_max_ctx: int = 0

@@ -1,11 +1,12 @@
-"""Builds and loads our C++ CPU kernels (today: fused paged decode attention).
+"""Builds and loads our C++ CPU kernels: fused paged decode attention
+(kernels/paged_decode_attention.cpp) and the few-row matmul (kernels/skinny_linear.cpp).
 
-The kernel source ships with the package and is compiled on first use with the
-system C++ compiler against the installed torch, then cached by a key over the
-source, torch version, flags and CPU features (the build targets the host CPU, so a
+The sources ship with the package and are compiled on first use, into one library, with
+the system C++ compiler against the installed torch, then cached by a key over the
+sources, torch version, flags and CPU features (the build targets the host CPU, so a
 cache folder shared with another machine must not hand it a foreign binary). With no
 compiler, or if the build fails, callers get None and keep the pure-PyTorch path:
-the kernel is a speed-up, never a requirement. LLM_GATEWAY_CPU_KERNELS=0 turns it off.
+the kernels are a speed-up, never a requirement. LLM_GATEWAY_CPU_KERNELS=0 turns it off.
 """
 
 from __future__ import annotations
@@ -22,49 +23,72 @@ from pathlib import Path
 
 import torch
 
+from collections.abc import Callable
+
 from backend.attention import DecodeKernel
 from backend.model_store import cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "kernels" / "paged_decode_attention.cpp"
+SOURCES = [
+    Path(__file__).parent / "kernels" / name
+    for name in ("paged_decode_attention.cpp", "skinny_linear.cpp")
+]
 # -fno-math-errno lets the compiler vectorise exp(); the rest is plain -O3 for this CPU.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-std=c++20", "-shared", "-fPIC"]
 
+# (out [M, N], x [M, K], w [N, K]) -> None; float32, contiguous
+SkinnyLinear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
 _lock = threading.Lock()
-_loaded: dict[str, DecodeKernel | None] = {}
+_loaded: dict[str, bool] = {}
 
 
 def paged_decode_kernel() -> DecodeKernel | None:
     """The fused CPU decode-attention op, built on first call; None when unavailable."""
-    with _lock:
-        if "decode" not in _loaded:
-            _loaded["decode"] = _load()
-        return _loaded["decode"]
-
-
-def _load() -> DecodeKernel | None:
-    if os.environ.get("LLM_GATEWAY_CPU_KERNELS", "1") == "0":
+    if not _library_loaded():
         return None
+    op: DecodeKernel = torch.ops.llm_gateway.paged_decode_attention
+    return op
+
+
+def skinny_linear_kernel() -> SkinnyLinear | None:
+    """The few-row float32 matmul op (backend/linear.py), built on first call; None when
+    unavailable."""
+    if not _library_loaded():
+        return None
+    op: SkinnyLinear = torch.ops.llm_gateway.skinny_linear
+    return op
+
+
+def _library_loaded() -> bool:
+    with _lock:
+        if "library" not in _loaded:
+            _loaded["library"] = _load()
+        return _loaded["library"]
+
+
+def _load() -> bool:
+    if os.environ.get("LLM_GATEWAY_CPU_KERNELS", "1") == "0":
+        return False
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        log.warning("no C++ compiler found: CPU decode attention uses the PyTorch path")
-        return None
+        log.warning("no C++ compiler found: CPU kernels off, the PyTorch paths serve")
+        return False
     try:
         library = _build(compiler)
         torch.ops.load_library(str(library))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        log.warning("CPU attention kernel unavailable, using the PyTorch path: %s", exc)
-        return None
-    op: DecodeKernel = torch.ops.llm_gateway.paged_decode_attention
-    return op
+        log.warning("CPU kernels unavailable, the PyTorch paths serve: %s", exc)
+        return False
+    return True
 
 
 def _build(compiler: str) -> Path:
     torch_dir = Path(torch.__file__).parent
     key = hashlib.sha256()
     for part in (
-        SOURCE.read_bytes(),
+        *(source.read_bytes() for source in SOURCES),
         torch.__version__.encode(),
         " ".join(FLAGS).encode(),
         compiler.encode(),
@@ -72,11 +96,11 @@ def _build(compiler: str) -> Path:
     ):
         key.update(part)
     out_dir = cache_dir().parent / "kernels" / key.hexdigest()[:16]
-    library = out_dir / "paged_decode_attention.so"
+    library = out_dir / "cpu_kernels.so"
     if library.exists():
         return library
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("compiling the CPU attention kernel (once, ~20 s) into %s", out_dir)
+    log.info("compiling the CPU kernels (once, ~30 s) into %s", out_dir)
     cmd = [
         compiler,
         *FLAGS,
@@ -84,7 +108,7 @@ def _build(compiler: str) -> Path:
         f"-I{torch_dir / 'include'}",
         f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
         f"-I{sysconfig.get_paths()['include']}",
-        str(SOURCE),
+        *(str(source) for source in SOURCES),
         f"-L{torch_dir / 'lib'}",
         "-lc10",
         "-ltorch_cpu",

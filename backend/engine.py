@@ -24,7 +24,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from backend.blocks import BlockManager
-from backend.cpu_kernels import paged_decode_kernel
+from backend.cpu_kernels import paged_decode_kernel, skinny_linear_kernel
 from backend.metrics import EngineMetrics
 from backend.request import Delta, Request, RequestStream, SpecState
 from backend.runner import ModelRunner
@@ -73,9 +73,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 1024
     enable_prefix_caching: bool = True
     int8_decode: bool = False  # int8 weight copies for small steps (CPU; see int8_decode.py)
-    # "auto": fused kernel for decode attention where one is built (CPU: backend/kernels/),
-    # else the pure-PyTorch reference path; "torch": always the reference path.
-    attention_backend: str = "auto"
+    # "auto": our C++ kernels where they build (CPU: backend/kernels/: decode attention and
+    # the few-row matmul), else pure PyTorch; "torch": pure PyTorch throughout.
+    kernels: str = "auto"
     speculative: SpeculativeConfig | None = None  # None: no speculative decoding
 
     def __post_init__(self) -> None:
@@ -85,9 +85,9 @@ class EngineConfig:
             raise ValueError("max_model_len must be at least 2")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
-        if self.attention_backend not in ("auto", "torch"):
+        if self.kernels not in ("auto", "torch"):
             raise ValueError(
-                f"attention_backend must be auto or torch, got {self.attention_backend!r}"
+                f"kernels must be auto or torch, got {self.kernels!r}"
             )
 
     def resolve_device(self) -> torch.device:
@@ -127,7 +127,10 @@ class Engine:
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
-        use_kernel = config.attention_backend == "auto" and self.device.type == "cpu"
+        use_kernel = config.kernels == "auto" and self.device.type == "cpu"
+        skinny = skinny_linear_kernel() if use_kernel else None
+        if skinny is not None:
+            self.model.enable_skinny_linear(skinny)
         self.runner = ModelRunner(
             self.model,
             num_blocks,

@@ -12,7 +12,6 @@ exact path: an opt-in trade, off by default.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # Steps with at most this many tokens use the int8 copies.
@@ -31,13 +30,3 @@ def attach_int8(linear: nn.Linear) -> None:
     q, scale = quantize_rows(linear.weight)
     linear.register_buffer("weight_int8", q, persistent=False)
     linear.register_buffer("weight_scale", scale, persistent=False)
-
-
-def project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """x [T, K] @ weight.T, through the int8 copy when T is small and one is attached."""
-    q = getattr(linear, "weight_int8", None)
-    if q is not None and x.shape[0] <= MAX_ROWS:
-        scale: torch.Tensor = linear.weight_scale  # type: ignore[assignment]
-        out = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scale)
-        return out.to(x.dtype)
-    return F.linear(x, linear.weight)

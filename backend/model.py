@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.attention import AttentionMetadata, paged_attention
-from backend.int8_decode import attach_int8, project
+from backend.cpu_kernels import SkinnyLinear
+from backend.int8_decode import attach_int8
+from backend.linear import attach_skinny, project
 from backend.model_config import ModelConfig
 from backend.rope import apply_rotary, cos_sin_cache, inverse_frequencies
 
@@ -139,6 +141,12 @@ class LlamaModel(nn.Module):
             if isinstance(module, nn.Linear):
                 attach_int8(module)
 
+    def enable_skinny_linear(self, op: SkinnyLinear) -> None:
+        """Few-token steps use our few-row matmul kernel (backend/linear.py)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                attach_skinny(module, op)
+
     def allocate_kv_cache(
         self, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
@@ -148,4 +156,4 @@ class LlamaModel(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, vocab]."""
-        return project(hidden, self.lm_head).float()
+        return project(hidden, self.lm_head, max_rows=64).float()

@@ -1,10 +1,11 @@
 """Turns a scheduled batch into flat tensors, runs the model, returns next-token logits.
 
-Layout of the flat batch (T tokens): one-token decodes first, then prefill chunks, so
-the attention can batch all decodes in one call. Only the last token of a sequence that
+Layout of the flat batch (T tokens): decode rows first, then prefill chunks, so the
+attention can batch all decodes in one call. Only the last token of a sequence that
 completes this step needs logits; the LM head runs on those rows alone. A sequence with
-speculative guesses feeds its last token and the guesses like a small prefill chunk and
-gets logits for all of them, to verify each guess.
+speculative guesses feeds its last token and the guesses as decode rows, each attending
+to the context up to its own position (their K/V are written before attention runs, so
+row j sees rows 0..j-1: causal), and gets logits for all of them, to verify each guess.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
-        order = sorted(range(len(batch.seqs)), key=lambda i: batch.num_new_tokens[i] != 1)
+        def is_prefill(i: int) -> bool:
+            return batch.num_new_tokens[i] > 1 and not batch.seqs[i].draft
+
+        order = sorted(range(len(batch.seqs)), key=is_prefill)
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -66,9 +70,11 @@ class ModelRunner:
                 input_ids += seq.draft[: end - seq.num_tokens]
             positions += range(start, end)
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
-            if n == 1:
-                decode_tables.append(table[: -(-end // bs)])
-                decode_ctx.append(end)
+            if not is_prefill(i):  # a decode, or a verify: one row per token
+                width = -(-end // bs)
+                for ctx in range(start + 1, end + 1):
+                    decode_tables.append(table[:width])
+                    decode_ctx.append(ctx)
             else:
                 ids = torch.tensor(table[: -(-end // bs)], dtype=torch.long, device=self.device)
                 prefills.append(PrefillSegment(q_start, n, end, ids))

@@ -71,9 +71,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         help="CPU: int8 weight copies for small decode steps (faster, not bit-exact)",
     )  # fmt: skip
     p.add_argument(
-        "--attention-backend", default="auto", choices=["auto", "torch"],
-        help="decode attention: auto = fused kernel where built (CPU: compiled on first use), "
-        "torch = pure-PyTorch reference",
+        "--kernels", default="auto", choices=["auto", "torch"],
+        help="auto = our C++ CPU kernels (decode attention, few-row matmul; compiled on first "
+        "use) where they build, torch = pure PyTorch throughout",
     )  # fmt: skip
     s = p.add_argument_group("speculative decoding")
     s.add_argument(
@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens,
             enable_prefix_caching=not args.no_prefix_caching,
             int8_decode=args.int8_decode,
-            attention_backend=args.attention_backend,
+            kernels=args.kernels,
             speculative=_speculative(args),
         )
         log.info("loading %s", model_path)

@@ -127,7 +127,7 @@ void paged_decode_attention(const at::Tensor& out, const at::Tensor& q, const at
 
 }  // namespace
 
-TORCH_LIBRARY(llm_gateway, m) {
+TORCH_LIBRARY_FRAGMENT(llm_gateway, m) {
   m.def(
       "paged_decode_attention(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, "
       "Tensor block_tables, Tensor ctx_lens, float scale) -> ()");

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.engine import Engine, EngineConfig
-from backend.int8_decode import MAX_ROWS, attach_int8, project, quantize_rows
+from backend.int8_decode import MAX_ROWS, attach_int8, quantize_rows
+from backend.linear import project
 from backend.sampler import SamplingParams
 from backend.weights import load_model
 
