@@ -19,11 +19,10 @@ import subprocess
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from collections.abc import Callable
 
 from backend.attention import DecodeKernel
 from backend.model_store import cache_dir

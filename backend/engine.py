@@ -86,9 +86,7 @@ class EngineConfig:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
         if self.kernels not in ("auto", "torch"):
-            raise ValueError(
-                f"kernels must be auto or torch, got {self.kernels!r}"
-            )
+            raise ValueError(f"kernels must be auto or torch, got {self.kernels!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
