@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from backend.blocks import BlockManager
 from backend.cpu_kernels import paged_decode_kernel, skinny_linear_kernel
+from backend.linear import SKINNY_MAX_ROWS
 from backend.metrics import EngineMetrics
 from backend.request import Delta, Request, RequestStream, SpecState
 from backend.runner import ModelRunner
@@ -304,7 +305,7 @@ class Engine:
                     self.proposer.fill(guessing)
             out = self.runner.execute(batch)
             emitted = self._sample(out.logits, out.sampling, out.num_rows)
-            self.step_cost.observe(batch.num_tokens, time.perf_counter() - began)
+            self.step_cost.observe(batch.num_tokens, time.perf_counter() - began, out.attended)
             batch.num_rejected = {
                 seq.seq_id: len(seq.draft) + 1 - len(results)
                 for seq, results in zip(out.sampling, emitted, strict=True)
@@ -414,12 +415,13 @@ class Engine:
             sum(s.num_uncomputed_tokens for s in sched.running)
             + sum(s.num_uncomputed_tokens for s in sched.waiting),
         )
+        attended = sum(s.num_tokens for s in sched.running if s.num_uncomputed_tokens == 1)
         if self.proposer.lazy:  # a model proposer: plan first, then guess what is planned
             candidates = [
-                Candidate(r.spec.tracker.rate, p.max_tokens)  # type: ignore[union-attr]
+                Candidate(r.spec.tracker.rate, p.max_tokens, r.seq.num_tokens)  # type: ignore[union-attr]
                 for r, p in zip(reqs, proposals, strict=True)
             ]
-            plan = self._plan(candidates, base)
+            plan = self._plan(candidates, base, attended)
             chosen = [
                 (r, p, k) for r, p, k in zip(reqs, proposals, plan.num_draft, strict=True) if k
             ]
@@ -428,10 +430,10 @@ class Engine:
         else:  # cheap guesses first, so the plan sees how many each sequence has
             guesses = self.proposer.propose(proposals)
             candidates = [
-                Candidate(r.spec.tracker.rate, len(g))  # type: ignore[union-attr]
+                Candidate(r.spec.tracker.rate, len(g), r.seq.num_tokens)  # type: ignore[union-attr]
                 for r, g in zip(reqs, guesses, strict=True)
             ]
-            plan = self._plan(candidates, base)
+            plan = self._plan(candidates, base, attended)
             drafts = {
                 r.seq.seq_id: g[:k]
                 for r, g, k in zip(reqs, guesses, plan.num_draft, strict=True)
@@ -444,20 +446,31 @@ class Engine:
             if not guess:
                 req.spec.tracker.idle()  # type: ignore[union-attr]
 
-    def _plan(self, candidates: list[Candidate], base_tokens: int) -> Plan:
+    def _plan(self, candidates: list[Candidate], base_tokens: int, attended: int) -> Plan:
         assert self.spec is not None
         if self.spec.adaptive:
-            return plan_drafts(candidates, base_tokens, self.step_cost)
+            num_seqs = len(self.scheduler.running) + len(self.scheduler.waiting)
+            return plan_drafts(candidates, base_tokens, self.step_cost, attended, num_seqs)
         return Plan([c.max_draft for c in candidates], "fixed")
 
     def _calibrate_step_cost(self) -> None:
-        """Times forward steps of 1..256 tokens once, so the first plans see this machine's
-        cost curve; real steps refine it from then on."""
-        sizes = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= self.max_model_len]
+        """Times forward steps of 1..128 tokens, and one-query rows over a short and a long
+        context, back to back: the shape of this machine's cost (StepCost); real steps
+        then only rescale it."""
+        # Both sides of where the few-row matmul hands over to BLAS, where the curve jumps.
+        edges = (SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 1)
+        sizes = sorted({1, 2, 4, 8, 12, *edges, 24, 32, 48, 64, 128})
+        sizes = [n for n in sizes if n <= self.max_model_len]
         self.runner.time_forward(sizes[-1])  # warm-up: first calls allocate and pick kernels
         for n in sizes:
             best = min(self.runner.time_forward(n) for _ in range(3))
-            self.step_cost.observe(n, best)
+            self.step_cost.calibrate(n, best)
+        rows, short, long = 8, 16, min(1024, self.max_model_len)
+        if long > 4 * short:
+            t_short, t_long = (
+                min(self.runner.time_forward(rows, ctx) for _ in range(3)) for ctx in (short, long)
+            )
+            self.step_cost.attention = max(t_long - t_short, 0.0) / (rows * (long - short))
 
     @staticmethod
     def _sample_request(req: Request) -> SampleRequest:

@@ -26,6 +26,7 @@ class StepOutput:
     logits: torch.Tensor  # [N, vocab] float32: per sampling sequence, 1 + len(draft) rows
     sampling: list[Sequence]  # the sequences that yield tokens this step, in row order
     num_rows: list[int]  # logits rows of each sampling sequence
+    attended: int  # context tokens the one-query rows attended to, summed (StepCost)
 
 
 class ModelRunner:
@@ -97,17 +98,33 @@ class ModelRunner:
             self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache
         )
         logits = self.model.compute_logits(hidden[self._tensor(last_rows)])
-        return StepOutput(logits, sampling, num_rows)
+        return StepOutput(logits, sampling, num_rows, sum(decode_ctx))
 
     @torch.inference_mode()
-    def time_forward(self, num_tokens: int) -> float:
-        """Seconds for one step of `num_tokens` tokens with logits for all of them (a
-        prefill into the first blocks: call only while the cache holds nothing in use)."""
-        n = min(num_tokens, self.kv_cache.shape[2] * self.block_size)
-        meta = AttentionMetadata.single_prefill(n, self.block_size, self.device)
+    def time_forward(self, num_tokens: int, context: int = 0) -> float:
+        """Seconds for one step of `num_tokens` tokens with logits for all of them: a
+        prefill into the first blocks, or with `context`, that many one-query rows each
+        attending to the first `context` slots (calibration only: call while the cache
+        holds nothing in use; what it writes there is garbage)."""
+        capacity = self.kv_cache.shape[2] * self.block_size
+        n, ctx = min(num_tokens, capacity), min(context, capacity)
+        if ctx:
+            table = list(range(-(-ctx // self.block_size)))
+            meta = AttentionMetadata(
+                slot_mapping=torch.arange(n, device=self.device),
+                num_decodes=n,
+                decode_block_tables=self._tensor(table * n).view(n, len(table)),
+                decode_ctx_lens=self._tensor([ctx] * n),
+                decode_max_ctx=ctx,
+                decode_kernel=self.decode_kernel,
+            )
+            positions = torch.full((n,), ctx - 1, device=self.device)
+        else:
+            meta = AttentionMetadata.single_prefill(n, self.block_size, self.device)
+            positions = torch.arange(n, device=self.device)
         ids = torch.zeros(n, dtype=torch.long, device=self.device)
         began = time.perf_counter()
-        hidden = self.model.forward(ids, torch.arange(n, device=self.device), meta, self.kv_cache)
+        hidden = self.model.forward(ids, positions, meta, self.kv_cache)
         self.model.compute_logits(hidden).cpu()  # .cpu(): waits for the device
         return time.perf_counter() - began
 

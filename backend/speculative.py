@@ -6,8 +6,9 @@ one-token step costs while the step is memory-bound, and yields 1 + (accepted gu
 tokens. Whether it pays depends on two measured things: how often this sequence's
 guesses are accepted, and how much longer a step with more tokens takes on this
 machine (`StepCost`). The planner adds guesses one at a time, most valuable first,
-while they raise the expected tokens per second of the whole step; under a big batch
-the step is already compute-bound and no guess pays, so none is made.
+while they raise every sequence's expected tokens per second taken together
+(`plan_drafts`); under a big batch the step is already compute-bound and no guess
+pays, so none is made.
 
 Verification (rejection sampling over the target's logits) lives in spec_verify.py.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,30 +110,45 @@ class AcceptanceTracker:
 
 
 class StepCost:
-    """Seconds a forward step takes as a function of its token count, on this machine.
+    """Seconds a forward step takes on this machine:
 
-    Seeded by a calibration (engine start-up) and refined by every real step: one
-    exponential average per bucket (exact below 16 tokens, then powers of two), with
-    linear interpolation between buckets, so the planner sees the real shape of the
-    cost curve (flat while weights dominate, then rising).
+        cost(tokens, attended) = scale * (curve(tokens) + attention * attended)
+
+    curve: the weights' part, as a function of the step's token count (flat while
+    streaming the weights dominates, with a step where the few-row matmul hands over to
+    the BLAS GEMM, then rising); attended: the context tokens the step's one-query rows
+    (decodes, verify rows) attend to, summed, and `attention` the seconds per such token.
+    Without the second term a step of 64 long decodes looks as cheap as a 64-token
+    prefill, and guesses look free where they are not.
+
+    The shape (curve points, `attention`) comes from a calibration at engine start-up,
+    timed back to back so that its points compare; real steps only move `scale`, an
+    exponential average of measured / predicted time, which follows the machine getting
+    slower or faster as a whole. (Refining each point from real steps instead lets noise
+    bend the curve: one inflated point makes the next segment flat and guesses free.)
     """
 
-    def __init__(self, alpha: float = 0.1) -> None:
+    def __init__(self, alpha: float = 0.05) -> None:
         self.alpha = alpha
+        self.attention = 0.0  # seconds per attended context token
+        self.scale = 1.0
         self._points: dict[int, float] = {}
 
-    @staticmethod
-    def bucket(num_tokens: int) -> int:
-        if num_tokens <= 16:
-            return max(1, num_tokens)
-        return 1 << (num_tokens - 1).bit_length()
+    def calibrate(self, num_tokens: int, seconds: float) -> None:
+        """One point of the curve: a step of num_tokens tokens attending to nothing."""
+        self._points[num_tokens] = seconds
 
-    def observe(self, num_tokens: int, seconds: float) -> None:
-        b = self.bucket(num_tokens)
-        old = self._points.get(b)
-        self._points[b] = seconds if old is None else old + self.alpha * (seconds - old)
+    def observe(self, num_tokens: int, seconds: float, attended: int = 0) -> None:
+        """A real step: nudges `scale` (one outlier moves it at most by alpha * 2x)."""
+        predicted = self._curve(num_tokens) + self.attention * attended
+        if predicted > 0.0 and seconds > 0.0:
+            ratio = min(max(seconds / predicted, 0.5 * self.scale), 2.0 * self.scale)
+            self.scale += self.alpha * (ratio - self.scale)
 
-    def __call__(self, num_tokens: int) -> float:
+    def __call__(self, num_tokens: int, attended: int = 0) -> float:
+        return self.scale * (self._curve(num_tokens) + self.attention * attended)
+
+    def _curve(self, num_tokens: int) -> float:
         if not self._points:
             return float(num_tokens)
         xs = sorted(self._points)
@@ -139,12 +156,13 @@ class StepCost:
         # zero, and a larger step never costs less than a smaller one.
         if num_tokens <= xs[0]:
             return self._points[xs[0]] * num_tokens / xs[0]
+        ylo = self._points[xs[0]]
         for lo, hi in itertools.pairwise(xs):
+            yhi = max(self._points[hi], ylo)
             if num_tokens <= hi:
-                ylo, yhi = self._points[lo], max(self._points[hi], self._points[lo])
                 return ylo + (yhi - ylo) * (num_tokens - lo) / (hi - lo)
-        last = xs[-1]
-        return self._points[last] * num_tokens / last  # beyond: proportional
+            ylo = yhi
+        return ylo * num_tokens / xs[-1]  # beyond: proportional
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +171,7 @@ class Candidate:
 
     acceptance: float  # its tracker's rate
     max_draft: int  # guesses available (proposal length, room left, max_draft_tokens)
+    context: int = 0  # tokens so far: its i-th guess's row attends to context + i
 
 
 @dataclass(slots=True)
@@ -161,33 +180,56 @@ class Plan:
     reason: str  # why speculation stopped where it did (for metrics and logs)
 
 
-def plan_drafts(candidates: Sequence[Candidate], base_tokens: int, cost: StepCost) -> Plan:
+def plan_drafts(
+    candidates: Sequence[Candidate],
+    base_tokens: int,
+    cost: StepCost,
+    base_attended: int = 0,
+    num_seqs: int | None = None,
+) -> Plan:
     """How many guesses each candidate feeds this step.
 
-    base_tokens: tokens the step runs without speculation (one per decode, prefill
-    chunks); each is worth one token of progress. A candidate's i-th guess adds a**i
-    expected tokens (it counts only if all guesses before it are accepted). Guesses are
-    added best first while (expected tokens) / cost(step tokens) increases.
+    base_tokens: tokens the step runs without speculation (decodes, prefill chunks);
+    base_attended: what its decode rows attend to (StepCost); num_seqs: sequences in the
+    step (default: the candidates). A candidate's i-th guess adds a**i expected tokens
+    (it counts only if all guesses before it are accepted).
+
+    Objective: the sum over the step's sequences of log(expected tokens / step cost)
+    (proportional fairness). For one sequence that is its tokens per second. In a shared
+    step every sequence waits for the step, so a guess must pay for slowing all of them:
+    speculation takes the headroom that is nearly free (a memory-bound step) and never
+    buys one request's speed with everyone else's. Plain throughput per step would not
+    see that: a batch whose slowest request cannot speculate finishes later. Guesses are
+    added best first while they raise the objective.
     """
     num_draft = [0] * len(candidates)
-    heap = [(-c.acceptance, i, 1) for i, c in enumerate(candidates) if c.max_draft > 0]
+    expected = [1.0] * len(candidates)  # expected tokens of each candidate this step
+    heap = [
+        (-math.log1p(c.acceptance), i, 1, c.acceptance)
+        for i, c in enumerate(candidates)
+        if c.max_draft > 0
+    ]
     if not heap:
         return Plan(num_draft, "no_proposal")
     heapq.heapify(heap)
-    value, tokens = float(base_tokens), base_tokens
+    n = max(num_seqs if num_seqs is not None else len(candidates), 1)
+    tokens, attended = base_tokens, base_attended
+    now = cost(tokens, attended)
     reason = "max_draft"
     while heap:
-        neg_gain, i, depth = heap[0]
-        gain = -neg_gain
-        if (value + gain) * cost(tokens) <= value * cost(tokens + 1):
+        neg_utility, i, depth, gain = heap[0]
+        extra = attended + candidates[i].context + depth
+        then = cost(tokens + 1, extra)
+        if -neg_utility <= n * math.log(then / now):
             reason = "not_worth_it"
             break
         heapq.heappop(heap)
-        value += gain
-        tokens += 1
+        expected[i] += gain
+        tokens, attended, now = tokens + 1, extra, then
         num_draft[i] = depth
         if depth < candidates[i].max_draft:
-            heapq.heappush(heap, (-(gain * candidates[i].acceptance), i, depth + 1))
+            nxt = gain * candidates[i].acceptance
+            heapq.heappush(heap, (-math.log1p(nxt / expected[i]), i, depth + 1, nxt))
     if not any(num_draft):
         reason = "not_worth_it"
     return Plan(num_draft, reason)

@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--sweep", default="1,4,16,64", help="concurrency levels ('' to skip)")
     ap.add_argument("--sweep-max-tokens", type=int, default=96)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="('' to skip)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/speculative.json"))
     args = ap.parse_args()
 
@@ -147,11 +148,12 @@ def main() -> None:
         engines[method] = Engine(loaded, EngineConfig(speculative=spec))
     hf_model = None if args.no_hf else load_hf(path, torch.float32)
     prompts = {name: chat_ids(loaded, text) for name, text in WORKLOADS.items()}
+    chosen = {w: prompts[w] for w in filter(None, args.workloads.split(","))}
 
-    rates: dict[str, dict[str, list[float]]] = {w: {} for w in WORKLOADS}
-    outputs: dict[str, dict[str, list[int]]] = {w: {} for w in WORKLOADS}
-    for r in range(args.rounds):
-        for w, ids in prompts.items():
+    rates: dict[str, dict[str, list[float]]] = {w: {} for w in chosen}
+    outputs: dict[str, dict[str, list[int]]] = {w: {} for w in chosen}
+    for r in range(args.rounds if chosen else 0):
+        for w, ids in chosen.items():
             for name, engine in engines.items():
                 tokens, rate = ours(engine, ids, args.max_tokens)
                 rates[w].setdefault(name, []).append(rate)
@@ -163,14 +165,21 @@ def main() -> None:
                     outputs[w].setdefault(name, tokens)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
-    sweep: dict[str, dict[int, float]] = {}
+    # Every level, all engines, `rounds` times interleaved; the median per engine and level.
+    sweep_runs: dict[str, dict[int, list[float]]] = {}
     levels = [int(v) for v in args.sweep.split(",") if v]
     mix = list(prompts.values())
-    for level in levels:
-        batch = [mix[i % len(mix)] for i in range(level)]
-        for name, engine in engines.items():
-            sweep.setdefault(name, {})[level] = sweep_point(engine, batch, args.sweep_max_tokens)
-        print(f"sweep {level} done", flush=True)
+    for r in range(args.rounds if levels else 0):
+        for level in levels:
+            batch = [mix[i % len(mix)] for i in range(level)]
+            for name, engine in engines.items():
+                rate = sweep_point(engine, batch, args.sweep_max_tokens)
+                sweep_runs.setdefault(name, {}).setdefault(level, []).append(rate)
+        print(f"sweep round {r + 1}/{args.rounds} done", flush=True)
+    sweep = {
+        name: {level: statistics.median(v) for level, v in per.items()}
+        for name, per in sweep_runs.items()
+    }
 
     counters = {
         name: {
@@ -211,9 +220,10 @@ def main() -> None:
 
 def print_report(res: dict[str, Any]) -> None:
     rates, same = res["decode_tokens_per_s"], res["same_output_as_off"]
-    names = list(next(iter(rates.values())))
-    print("\nbatch-1 decode tokens/s (median), speed-up vs the same stack without speculation")
-    print(f"{'workload':<9}" + "".join(f"{n:>18}" for n in names))
+    names = list(next(iter(rates.values()))) if rates else []
+    if rates:
+        print("\nbatch-1 decode tokens/s (median), speed-up vs the same stack without speculation")
+        print(f"{'workload':<9}" + "".join(f"{n:>18}" for n in names))
     for w, per in rates.items():
         cells = []
         for n in names:
@@ -222,7 +232,8 @@ def print_report(res: dict[str, Any]) -> None:
             cells.append(f"{per[n]:7.1f} ({per[n] / base:4.2f}x){ok}")
         print(f"{w:<9}" + "".join(f"{c:>18}" for c in cells))
     tokens = res["output_tokens"]
-    print("output tokens: " + ", ".join(f"{w} {per['off']}" for w, per in tokens.items()))
+    if tokens:
+        print("output tokens: " + ", ".join(f"{w} {per['off']}" for w, per in tokens.items()))
     sweep = res["sweep_total_tokens_per_s"]
     if sweep:
         print("\nconcurrency sweep: total output tokens/s (ratio vs off)")
