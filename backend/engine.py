@@ -298,11 +298,11 @@ class Engine:
         if not batch.seqs:
             return []
         try:
-            began = time.perf_counter()
             if self.proposer is not None and self.proposer.lazy:
                 guessing = [s for s in batch.seqs if s.draft]
                 if guessing:  # placeholders -> guesses, now that their KV slots exist
                     self.proposer.fill(guessing)
+            began = time.perf_counter()  # StepCost models the verify step, not the guessing
             out = self.runner.execute(batch)
             emitted = self._sample(out.logits, out.sampling, out.num_rows)
             self.step_cost.observe(batch.num_tokens, time.perf_counter() - began, out.attended)
@@ -450,7 +450,15 @@ class Engine:
         assert self.spec is not None
         if self.spec.adaptive:
             num_seqs = len(self.scheduler.running) + len(self.scheduler.waiting)
-            return plan_drafts(candidates, base_tokens, self.step_cost, attended, num_seqs)
+            assert self.proposer is not None
+            return plan_drafts(
+                candidates,
+                base_tokens,
+                self.step_cost,
+                attended,
+                num_seqs,
+                self.proposer.pass_seconds,
+            )
         return Plan([c.max_draft for c in candidates], "fixed")
 
     def _calibrate_step_cost(self) -> None:
@@ -471,6 +479,9 @@ class Engine:
                 min(self.runner.time_forward(rows, ctx) for _ in range(3)) for ctx in (short, long)
             )
             self.step_cost.attention = max(t_long - t_short, 0.0) / (rows * (long - short))
+        calibrate = getattr(self.proposer, "calibrate", None)
+        if calibrate is not None:
+            calibrate()
 
     @staticmethod
     def _sample_request(req: Request) -> SampleRequest:

@@ -186,13 +186,16 @@ def plan_drafts(
     cost: StepCost,
     base_attended: int = 0,
     num_seqs: int | None = None,
+    draft_pass: float = 0.0,
 ) -> Plan:
     """How many guesses each candidate feeds this step.
 
     base_tokens: tokens the step runs without speculation (decodes, prefill chunks);
     base_attended: what its decode rows attend to (StepCost); num_seqs: sequences in the
-    step (default: the candidates). A candidate's i-th guess adds a**i expected tokens
-    (it counts only if all guesses before it are accepted).
+    step (default: the candidates); draft_pass: seconds a model proposer spends per
+    guess depth (one batched pass per depth; 0 for prompt lookup). A candidate's i-th
+    guess adds a**i expected tokens (it counts only if all guesses before it are
+    accepted).
 
     Objective: the sum over the step's sequences of log(expected tokens / step cost)
     (proportional fairness). For one sequence that is its tokens per second. In a shared
@@ -213,19 +216,19 @@ def plan_drafts(
         return Plan(num_draft, "no_proposal")
     heapq.heapify(heap)
     n = max(num_seqs if num_seqs is not None else len(candidates), 1)
-    tokens, attended = base_tokens, base_attended
+    tokens, attended, deepest = base_tokens, base_attended, 0
     now = cost(tokens, attended)
     reason = "max_draft"
     while heap:
         neg_utility, i, depth, gain = heap[0]
         extra = attended + candidates[i].context + depth
-        then = cost(tokens + 1, extra)
+        then = cost(tokens + 1, extra) + max(depth, deepest) * draft_pass * cost.scale
         if -neg_utility <= n * math.log(then / now):
             reason = "not_worth_it"
             break
         heapq.heappop(heap)
         expected[i] += gain
-        tokens, attended, now = tokens + 1, extra, then
+        tokens, attended, now, deepest = tokens + 1, extra, then, max(depth, deepest)
         num_draft[i] = depth
         if depth < candidates[i].max_draft:
             nxt = gain * candidates[i].acceptance
@@ -245,6 +248,7 @@ class Proposer(Protocol):
     """
 
     lazy: bool
+    pass_seconds: float  # one guessing pass for one sequence (0: negligible), for planning
 
     def propose(self, requests: Sequence[ProposalRequest]) -> list[list[int]]: ...
 
@@ -262,6 +266,7 @@ class NgramProposer:
     """Prompt lookup (Saxena 2023): guesses continue an earlier occurrence of the suffix."""
 
     lazy = False
+    pass_seconds = 0.0
 
     def propose(self, requests: Sequence[ProposalRequest]) -> list[list[int]]:
         out = []

@@ -213,3 +213,12 @@ def test_rejection_sampling_preserves_the_target_distribution(with_q: bool) -> N
     # The second token, whatever the first was, also follows the target (rows are equal
     # here, so its distribution is p too).
     assert _chi_square_ok(second_given_first.sum(0), p[0])
+
+
+def test_planner_charges_a_model_proposers_passes() -> None:
+    """Guesses that would pay if free stop paying once each depth costs a draft pass."""
+    cost = _cost({1: 1.0, 16: 1.05})
+    free = plan_drafts([Candidate(0.5, 8)], 1, cost)
+    assert free.num_draft[0] >= 2
+    paid = plan_drafts([Candidate(0.5, 8)], 1, cost, draft_pass=0.5)
+    assert paid.num_draft == [0]
