@@ -24,11 +24,12 @@ toolchain:
 	    apt-get update -qq && apt-get install -y -qq g++ >/dev/null; \
 	  else echo "warning: no g++: CPU decode attention will use the slower PyTorch path"; fi; }
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml examples/llm-gateway-stamp/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -e examples/llm-gateway-stamp
 	touch $(STAMP)
 
 model: $(STAMP)

@@ -1,9 +1,17 @@
-"""The Litestar application: OpenAI routes over a set of upstreams."""
+"""The Litestar application: OpenAI routes -> auth -> the model's plugin chain -> upstream.
+
+Each request: the API key gives the tenant (gateway/auth.py), the body is decoded into a
+typed request (400 when invalid, nothing else runs), the model name picks a target
+(404 when unknown), and a `Call` runs through that model's plugin chain; the chain's
+last step (`Gateway.send`) calls the backend the routing plugin chose (or the first
+available one). Replies carry `x-gateway-overhead-ms`: time spent in the gateway itself,
+the upstream's time left out (for streams: up to the upstream opening its stream).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -13,7 +21,18 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.errors import EXCEPTION_HANDLERS, ModelNotFound, invalid_body
+from gateway.auth import Authenticator
+from gateway.call import Call, Endpoint, Reply
+from gateway.chain import Chain, ChainObserver
+from gateway.errors import (
+    EXCEPTION_HANDLERS,
+    ModelNotFound,
+    OpenAIError,
+    UpstreamError,
+    invalid_body,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.plugin import Plugin
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -21,32 +40,101 @@ from gateway.schemas import (
     ModelList,
 )
 from gateway.sse import encode_sse
+from gateway.targets import Backend, Group, ModelTarget
 from gateway.upstreams.base import Upstream
 
 T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+OVERHEAD_HEADER = "x-gateway-overhead-ms"
+UPSTREAM_SECONDS = "upstream_seconds"  # call.state key: time spent waiting on upstreams
+BACKEND = "backend"  # call.state key: the Backend the routing plugin chose
 
 
 @dataclass(slots=True)
 class Gateway:
-    """What the routes serve: model name -> the upstream that serves it."""
+    """What the routes serve: model targets, each with its plugin chain."""
 
-    upstreams: list[Upstream]
+    targets: dict[str, ModelTarget]
+    chains: dict[str, Chain] = field(default_factory=dict)
+    auth: Authenticator = field(default_factory=lambda: Authenticator({}))
+    plugins: list[Plugin] = field(default_factory=list)  # each instance once
+    metrics: GatewayMetrics | None = None
     started: int = field(default_factory=lambda: int(time.time()))
 
-    def upstream_for(self, model: str) -> Upstream:
-        for upstream in self.upstreams:
-            if model in upstream.model_ids():
-                return upstream
-        raise ModelNotFound(model)
+    @classmethod
+    def single(cls, upstream: Upstream, model: str) -> Gateway:
+        """One model served by one upstream, no plugins (the standalone backend server)."""
+        backend = Backend(id=model, group="local", upstream=upstream)
+        gw = cls({model: ModelTarget(model, [Group("local", [backend])])})
+        gw.build_chains({model: []})
+        return gw
+
+    def build_chains(
+        self, entries: dict[str, list[Any]], observer: ChainObserver | None = None
+    ) -> None:
+        """entries: model -> its ChainEntries (plugin_loader.build_chain)."""
+        self.chains = {m: Chain(entries.get(m, []), self.send, observer) for m in self.targets}
+
+    def target(self, model: str) -> ModelTarget:
+        target = self.targets.get(model)
+        if target is None:
+            raise ModelNotFound(model)
+        return target
 
     def models(self) -> list[str]:
-        return [m for u in self.upstreams for m in u.model_ids()]
+        return list(self.targets)
+
+    def backends(self) -> list[Backend]:
+        seen: dict[int, Backend] = {}
+        for t in self.targets.values():
+            for g in t.groups:
+                for b in g.backends:
+                    seen.setdefault(id(b), b)
+        return list(seen.values())
+
+    async def send(self, call: Call) -> Reply:
+        """The chain's last step: the chosen backend answers."""
+        target = call.target
+        assert target is not None
+        backend = call.state.get(BACKEND) or _first_available(target)
+        began = time.perf_counter()
+        try:
+            if call.endpoint == "chat.completions":
+                assert isinstance(call.request, ChatCompletionRequest)
+                result: Any = await backend.client.chat(call.request, target.upstream_model)
+            else:
+                assert isinstance(call.request, CompletionRequest)
+                result = await backend.client.complete(call.request, target.upstream_model)
+        finally:
+            call.state[UPSTREAM_SECONDS] = (
+                call.state.get(UPSTREAM_SECONDS, 0.0) + time.perf_counter() - began
+            )
+        if isinstance(result, msgspec.Struct):
+            return Reply(body=result)  # type: ignore[arg-type]
+        return Reply(stream=result)
+
+    async def startup(self) -> None:
+        for plugin in self.plugins:
+            await plugin.startup(gateway=self)
 
     async def close(self) -> None:
-        for upstream in self.upstreams:
-            await upstream.close()
+        for plugin in reversed(self.plugins):
+            await plugin.shutdown()
+        upstreams = {id(b.upstream): b.upstream for b in self.backends() if b.upstream}
+        await asyncio.gather(*(u.close() for u in upstreams.values()))
+
+
+def _first_available(target: ModelTarget) -> Backend:
+    now = time.monotonic()
+    for group in target.groups:
+        for backend in group.backends:
+            if backend.breaker.available(now):
+                return backend
+    for group in target.groups:
+        if group.backends:
+            return group.backends[0]
+    raise UpstreamError(f"no backend configured for {target.name}", status_code=503)
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -61,50 +149,113 @@ async def _decode(request: Request[Any, Any, Any], type_: type[T]) -> T:
         raise invalid_body(exc) from exc
 
 
-def _json(payload: msgspec.Struct) -> Response[bytes]:
-    return Response(msgspec.json.encode(payload), media_type="application/json")
+def _json(payload: msgspec.Struct, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        msgspec.json.encode(payload),
+        status_code=200,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
-def _reply(result: msgspec.Struct | AsyncIterator[Any]) -> Response[bytes] | Stream:
-    if isinstance(result, msgspec.Struct):
-        return _json(result)
-    return Stream(encode_sse(result), media_type="text/event-stream", headers=SSE_HEADERS)
+async def _serve(
+    request: Request[Any, Any, Any], endpoint: Endpoint, type_: type[Any]
+) -> Response[bytes] | Stream:
+    started = time.perf_counter()
+    gw = _gateway(request)
+    tenant = gw.auth.tenant(request.headers.get("authorization"))
+    body = await _decode(request, type_)
+    call = Call(
+        endpoint=endpoint,
+        request=body,
+        tenant=tenant,
+        headers=request.headers,
+        conversation_id=request.headers.get("x-conversation-id"),
+        target=gw.target(body.model),
+        started=started,
+    )
+    metrics = gw.metrics
+    try:
+        reply = await gw.chains[call.model].run(call)
+    except OpenAIError as exc:
+        if metrics is not None:
+            metrics.answered(call, exc.status_code)
+        raise
+    own = time.perf_counter() - started - call.state.get(UPSTREAM_SECONDS, 0.0)
+    headers = {**reply.headers, OVERHEAD_HEADER: f"{own * 1e3:.3f}"}
+    if metrics is not None:
+        metrics.overhead.labels(call.model).observe(own)
+    if reply.body is not None:
+        if metrics is not None:
+            metrics.answered(call, 200, reply.body.usage)
+        return _json(reply.body, headers)
+    assert reply.stream is not None
+    stream = reply.stream if metrics is None else metrics.watch_stream(call, reply.stream)
+    return Stream(
+        encode_sse(stream),
+        status_code=200,
+        media_type="text/event-stream",
+        headers=SSE_HEADERS | headers,
+    )
 
 
 @post("/v1/chat/completions")
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    body = await _decode(request, ChatCompletionRequest)
-    return _reply(await _gateway(request).upstream_for(body.model).chat(body))
+    return await _serve(request, "chat.completions", ChatCompletionRequest)
 
 
 @post("/v1/completions")
 async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    body = await _decode(request, CompletionRequest)
-    return _reply(await _gateway(request).upstream_for(body.model).complete(body))
+    return await _serve(request, "completions", CompletionRequest)
 
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     gw = _gateway(request)
+    gw.auth.tenant(request.headers.get("authorization"))
     return _json(ModelList(data=[ModelCard(id=m, created=gw.started) for m in gw.models()]))
 
 
 @get("/v1/models/{model:path}")
 async def retrieve_model(request: Request[Any, Any, Any], model: str) -> Response[bytes]:
     gw = _gateway(request)
+    gw.auth.tenant(request.headers.get("authorization"))
     name = model.lstrip("/")
-    gw.upstream_for(name)  # 404 in OpenAI's shape when unknown
+    gw.target(name)  # 404 in OpenAI's shape when unknown
     return _json(ModelCard(id=name, created=gw.started))
 
 
 @get("/health")
 async def health() -> dict[str, str]:
+    """Liveness: the process serves HTTP. Whether it can answer is /ready."""
     return {"status": "ok"}
 
 
-def metrics_route(registry: CollectorRegistry) -> HTTPRouteHandler:
+@get("/ready")
+async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Readiness: every model has a backend whose breaker lets calls through and that
+    says it is ready. 503 with the per-model picture otherwise."""
+    gw = _gateway(request)
+    now = time.monotonic()
+    checks = {}
+    for b in gw.backends():
+        checks[b.id] = b.breaker.available(now) and await b.client.ready()
+    models = {
+        name: any(checks[b.id] for g in t.groups for b in g.backends)
+        for name, t in gw.targets.items()
+    }
+    ok = all(models.values())
+    payload = {"status": "ready" if ok else "unavailable", "models": models, "backends": checks}
+    return Response(
+        msgspec.json.encode(payload), status_code=200 if ok else 503, media_type="application/json"
+    )
+
+
+def metrics_route(registry: CollectorRegistry, gateway: Gateway) -> HTTPRouteHandler:
     @get("/metrics", media_type=CONTENT_TYPE_LATEST, sync_to_thread=False)
     def metrics() -> bytes:
+        if gateway.metrics is not None:
+            gateway.metrics.refresh(gateway.backends(), time.monotonic())
         return generate_latest(registry)
 
     return metrics
@@ -113,16 +264,14 @@ def metrics_route(registry: CollectorRegistry) -> HTTPRouteHandler:
 def create_app(gateway: Gateway, registry: CollectorRegistry | None = None) -> Litestar:
     """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
 
-    async def close_upstreams() -> None:
-        await gateway.close()
-
-    handlers = [chat_completions, completions, list_models, retrieve_model, health]
+    handlers = [chat_completions, completions, list_models, retrieve_model, health, ready]
     if registry is not None:
-        handlers.append(metrics_route(registry))
+        handlers.append(metrics_route(registry, gateway))
     app = Litestar(
         route_handlers=handlers,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        on_shutdown=[close_upstreams],
+        on_startup=[gateway.startup],
+        on_shutdown=[gateway.close],
         openapi_config=None,
     )
     app.state.gateway = gateway

@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from backend.speculative import PROPOSERS, SpeculativeConfig
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 log = logging.getLogger("llm_gateway")
 
@@ -42,8 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--config", type=Path, default=None,
+        help="gateway config file, TOML or YAML (upstreams, models, plugins, auth); "
+        "its [engine] section, when present, replaces the engine flags below",
+    )  # fmt: skip
+    p.add_argument("--host", default=None, help="default: [server] host, else 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: [server] port, else 8000")
     p.add_argument(
         "--model", type=Path, default=None,
         help="a local GGUF file or Hugging Face safetensors folder "
@@ -126,61 +135,119 @@ def _models(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from prometheus_client import CollectorRegistry
 
-    from backend.engine import Engine, EngineConfig
-    from backend.model_store import DEFAULT_MODEL, ModelFetchError, pull
     from gateway.app import Gateway, create_app
-    from gateway.upstreams.engine import EngineUpstream
+    from gateway.config import ConfigError, load_config
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.model is None:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    wants_engine = (
+        args.command == "backend"
+        or config.engine is not None
+        or not config.groups
+        or any(g.kind == "engine" for g in config.groups)
+    )
+    upstream, name, registry = None, None, CollectorRegistry()
+    if wants_engine:
+        loaded = _start_engine(args, config)
+        if loaded is None:
+            return 1
+        upstream, name, registry = loaded
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    if args.command == "backend":
+        assert upstream is not None and name is not None
+        gateway = Gateway.single(upstream, name)
+    else:
+        from gateway.build import build_gateway
+        from gateway.metrics import GatewayMetrics
+
+        metrics = GatewayMetrics(registry)
+        try:
+            gateway = build_gateway(config, upstream, name, observer=metrics)
+        except ConfigError as exc:
+            print(f"llm-gateway: {exc}", file=sys.stderr)
+            return 1
+        gateway.metrics = metrics
+    app = create_app(gateway, registry)
+    models = ", ".join(gateway.models())
+    print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:
+    """Loads the bundled engine: settings from the config's [engine] section when it has
+    one, else from the command-line flags. None (after printing why) when it cannot."""
+    from backend.engine import Engine, EngineConfig
+    from backend.model_store import DEFAULT_MODEL, ModelFetchError, pull
+    from gateway.upstreams.engine import EngineUpstream
+
+    section = config.engine
+    model_arg = Path(section.model) if section and section.model else args.model
+    served = (section.served_model_name if section else None) or args.served_model_name
+    if model_arg is None:
         try:
             model_path = pull()
         except ModelFetchError as exc:
             print(f"llm-gateway: {exc}", file=sys.stderr)
-            return 1
-        name = args.served_model_name or DEFAULT_MODEL.name
+            return None
+        name = served or DEFAULT_MODEL.name
     else:
-        model_path = args.model.expanduser()
+        model_path = model_arg.expanduser()
         if not model_path.exists():
             print(f"llm-gateway: model path {model_path} does not exist", file=sys.stderr)
-            return 1
-        name = args.served_model_name or (
-            model_path.name if model_path.is_dir() else model_path.stem
-        )
+            return None
+        name = served or (model_path.name if model_path.is_dir() else model_path.stem)
     try:
-        config = EngineConfig(
-            model=model_path,
-            dtype=args.dtype,
-            device=args.device,
-            max_model_len=args.max_model_len,
-            block_size=args.block_size,
-            kv_cache_gb=args.kv_cache_gb,
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            enable_prefix_caching=not args.no_prefix_caching,
-            int8_decode=args.int8_decode,
-            kernels=args.kernels,
-            speculative=_speculative(args),
-        )
+        if section is not None:
+            engine_config = EngineConfig(
+                model=model_path,
+                dtype=section.dtype,
+                device=section.device,
+                max_model_len=section.max_model_len,
+                kv_cache_gb=section.kv_cache_gb,
+                max_num_seqs=section.max_num_seqs,
+                max_num_batched_tokens=section.max_num_batched_tokens,
+                enable_prefix_caching=section.prefix_caching,
+                kernels=section.kernels,
+                speculative=SpeculativeConfig(
+                    method=section.speculative, max_draft_tokens=section.num_speculative_tokens
+                )
+                if section.speculative
+                else None,
+            )
+        else:
+            engine_config = EngineConfig(
+                model=model_path,
+                dtype=args.dtype,
+                device=args.device,
+                max_model_len=args.max_model_len,
+                block_size=args.block_size,
+                kv_cache_gb=args.kv_cache_gb,
+                max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens,
+                enable_prefix_caching=not args.no_prefix_caching,
+                int8_decode=args.int8_decode,
+                kernels=args.kernels,
+                speculative=_speculative(args),
+            )
         log.info("loading %s", model_path)
-        engine = Engine.from_config(config)
+        engine = Engine.from_config(engine_config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"llm-gateway: cannot load {model_path}: {exc}", file=sys.stderr)
-        return 1
+        return None
     log.info(
         "model %s ready on %s (%s)", name, engine.device, str(engine.dtype).replace("torch.", "")
     )
-    app = create_app(Gateway([EngineUpstream(engine, name)]), engine.metrics.registry)
-    print(
-        f"llm-gateway: serving {name} at http://{args.host}:{args.port}/v1",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    return 0
+    return EngineUpstream(engine, name), name, engine.metrics.registry
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Exception tree:
     OpenAIError                 any error the gateway answers itself
     ├── InvalidRequest          400 invalid_request_error (bad body, bad parameter)
     ├── ModelNotFound           404 invalid_request_error, code model_not_found
-    └── UpstreamError           5xx from a failing upstream
+    ├── Unauthorized            401 authentication_error (missing or unknown API key)
+    └── UpstreamError           an upstream's refusal (its 4xx/429 passed on) or failure
+                                (502 bad answer, 503 unreachable, 504 timed out)
 
 The SDK maps the status code to its exception class (400 BadRequestError, 404
 NotFoundError, ...), so the status matters as much as the body.
@@ -59,9 +61,40 @@ class ModelNotFound(OpenAIError):
         )
 
 
+class Unauthorized(OpenAIError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+
+
 class UpstreamError(OpenAIError):
+    """An upstream failed or refused. status_code: what the client gets (the upstream's
+    own 4xx/429 pass through, its 5xx and connection failures become 502/503/504);
+    upstream_status: what the upstream said (None: no answer at all), which retry and
+    circuit-breaking decisions read; retry_after: its Retry-After, in seconds."""
+
     status_code = 502
     error_type = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 502,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status_code = status_code
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        if error_type is not None:
+            self.error_type = error_type
 
 
 def error_response(

@@ -118,6 +118,7 @@ class AssistantMessage(Struct, kw_only=True):
     role: str = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None  # from upstreams that call tools
 
 
 class TopLogprob(Struct, kw_only=True):
@@ -165,6 +166,8 @@ class ChatCompletion(Struct, kw_only=True):
 class ChatDelta(Struct, kw_only=True, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    # Streamed tool calls arrive in pieces ({index, id?, function: {name?, arguments}}).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChunkChoice(Struct, kw_only=True):

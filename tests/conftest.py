@@ -17,3 +17,9 @@ def smollm2_gguf() -> Path:
             f"model file {path} is missing: run `llm-gateway models pull` (make install does)"
         )
     return path
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (marked anyio) run on asyncio, what the gateway serves on."""
+    return "asyncio"

@@ -27,9 +27,15 @@ class Upstream(Protocol):
         """The model names this upstream serves (what clients put in `model`)."""
         ...
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult: ...
+    # upstream_model: the name to send upstream when the config aliases the model
+    # (remote servers); an in-process engine serves one model and ignores it.
+    async def chat(
+        self, request: ChatCompletionRequest, upstream_model: str | None = None
+    ) -> ChatResult: ...
 
-    async def complete(self, request: CompletionRequest) -> CompletionResult: ...
+    async def complete(
+        self, request: CompletionRequest, upstream_model: str | None = None
+    ) -> CompletionResult: ...
 
     async def ready(self) -> bool:
         """Whether the upstream can take requests now."""

@@ -91,7 +91,9 @@ class EngineUpstream:
 
     # ---- chat ------------------------------------------------------------------------------
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+    async def chat(
+        self, request: ChatCompletionRequest, upstream_model: str | None = None
+    ) -> ChatResult:
         k = chat_logprobs(request)
         prompt = self._render(request.messages)
         max_tokens = request.max_completion_tokens or request.max_tokens
@@ -173,7 +175,9 @@ class EngineUpstream:
 
     # ---- legacy completions ---------------------------------------------------------------
 
-    async def complete(self, request: CompletionRequest) -> CompletionResult:
+    async def complete(
+        self, request: CompletionRequest, upstream_model: str | None = None
+    ) -> CompletionResult:
         k = completion_logprobs(request)
         prompts = prompt_list(request.prompt)
         params = sampling_params(request, request.max_tokens, k, self.engine.tokenizer.vocab_size)

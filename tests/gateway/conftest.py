@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -69,3 +69,40 @@ def server_url(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def mock_upstream() -> Iterator[Callable[..., str]]:
+    """Starts real mock OpenAI servers (gateway/testing/mock_upstream.py) in their own
+    processes: mock_upstream(chunks=3, status=500, ...) -> base URL ending in /v1."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(**flags: object) -> str:
+        port = _free_port()
+        cmd = [sys.executable, "-m", "gateway.testing.mock_upstream", "--port", str(port)]
+        for k, v in flags.items():
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mock upstream exited: {proc.stderr.read() if proc.stderr else ''!r}")
+            try:
+                httpx.get(url + "/models", timeout=1)
+                return url
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    pytest.fail("mock upstream did not start")
+                time.sleep(0.05)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stderr is not None:
+            proc.stderr.close()

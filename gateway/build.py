@@ -1,0 +1,85 @@
+"""Builds the running Gateway from a validated GatewayConfig: upstream groups and their
+backends, model targets, API keys, the plugin chains (one per model, plugin instances
+shared where name and settings agree)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from gateway.app import Gateway
+from gateway.auth import Authenticator
+from gateway.chain import ChainObserver
+from gateway.config import ConfigError, GatewayConfig, GroupConfig, ModelRoute
+from gateway.plugin import Plugin
+from gateway.plugin_loader import build_chain, discover
+from gateway.targets import Backend, Group, ModelTarget
+from gateway.upstreams.base import Upstream
+from gateway.upstreams.http import HttpUpstream
+
+ENGINE_GROUP = "local"
+
+
+def build_gateway(
+    config: GatewayConfig,
+    engine: Upstream | None = None,
+    engine_model: str | None = None,
+    plugins: Mapping[str, type[Plugin]] | None = None,
+    observer: ChainObserver | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Gateway:
+    """engine: the in-process engine upstream when one runs, serving `engine_model`.
+    With no models configured, that model is served through an engine group of its own.
+    plugins: name -> class (default: entry-point discovery)."""
+    env = os.environ if environ is None else environ
+    groups_cfg = list(config.groups)
+    models_cfg = list(config.models)
+    if engine is not None and not any(g.kind == "engine" for g in groups_cfg):
+        groups_cfg.append(GroupConfig(name=ENGINE_GROUP, kind="engine"))
+    groups = {g.name: _group(g, i, engine, env) for i, g in enumerate(groups_cfg)}
+    if not models_cfg and engine is not None and engine_model is not None:
+        engine_groups = [g.name for g in groups_cfg if g.kind == "engine"]
+        models_cfg = [ModelRoute(name=engine_model, groups=engine_groups)]
+    targets = {
+        m.name: ModelTarget(m.name, [groups[g] for g in m.groups], m.upstream_model, m.routing)
+        for m in models_cfg
+    }
+    if not targets:
+        raise ConfigError("models: nothing to serve (configure [[models]] or run the engine)")
+    gw = Gateway(targets, auth=Authenticator(config.api_keys(env)))
+    available = discover() if plugins is None else dict(plugins)
+    instances: dict[tuple[str, str], Plugin] = {}
+    chains = {}
+    for i, m in enumerate(models_cfg):
+        where = f"models[{i}].plugins" if m.plugins is not None else "plugins"
+        chains[m.name] = build_chain(config.chain_for(m), available, where, instances)
+    gw.plugins = list(instances.values())
+    gw.build_chains(chains, observer)
+    return gw
+
+
+def _group(cfg: GroupConfig, index: int, engine: Upstream | None, env: Mapping[str, str]) -> Group:
+    if cfg.kind == "engine":
+        if engine is None:
+            raise ConfigError(f"groups[{index}]: kind engine, but the engine is not running")
+        return Group(cfg.name, [Backend(id=f"{cfg.name}/engine", group=cfg.name, upstream=engine)])
+    api_key = cfg.api_key
+    if api_key is None and cfg.api_key_env is not None:
+        api_key = env.get(cfg.api_key_env)
+        if not api_key:
+            raise ConfigError(
+                f"groups[{index}].api_key_env: the variable {cfg.api_key_env} is not set"
+            )
+    backends = []
+    for b in cfg.backends:
+        name = b.name or b.url
+        client = HttpUpstream(
+            b.url,
+            name=name,
+            api_key=api_key,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            max_connections=cfg.max_connections,
+        )
+        backends.append(Backend(id=name, weight=b.weight, group=cfg.name, upstream=client))
+    return Group(cfg.name, backends)

@@ -1,0 +1,93 @@
+"""The gateway's Prometheus metrics (the engine's, under `llm_engine:`, share the registry
+when it runs in process). Names follow Prometheus conventions under `llm_gateway_`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.call import Call, Chunk
+from gateway.targets import Backend
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "llm_gateway_requests", "Requests answered, by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "llm_gateway_request_duration_seconds", "Request to last byte.",
+            ["model", "endpoint"], buckets=_LATENCY, registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "llm_gateway_time_to_first_token_seconds", "Request to first streamed chunk.",
+            ["model"], buckets=_LATENCY, registry=registry,
+        )  # fmt: skip
+        self.overhead = Histogram(
+            "llm_gateway_overhead_seconds", "Time spent in the gateway itself per request.",
+            ["model"], buckets=_OVERHEAD, registry=registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "llm_gateway_tokens", "Tokens reported by upstreams' usage, by kind.",
+            ["model", "kind"], registry=registry,
+        )  # fmt: skip
+        self.plugin_outcomes = Counter(
+            "llm_gateway_plugin_outcomes", "Plugin hook runs: ok, error (failed the request) "
+            "or skipped (an optional plugin failed; the request went on).",
+            ["plugin", "hook", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.upstream_requests = Counter(
+            "llm_gateway_upstream_requests", "Calls to backends by outcome (ok, error, retry).",
+            ["backend", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.upstream_up = Gauge(
+            "llm_gateway_upstream_up", "1 while the backend's circuit breaker is closed or "
+            "probing, 0 while it is open (ejected).",
+            ["backend"], registry=registry,
+        )  # fmt: skip
+        self.upstream_outstanding = Gauge(
+            "llm_gateway_upstream_outstanding", "Requests in flight per backend.",
+            ["backend"], registry=registry,
+        )  # fmt: skip
+
+    def refresh(self, backends: Sequence[Backend], now: float) -> None:
+        """Backend gauges, read at scrape time."""
+        for b in backends:
+            self.upstream_up.labels(b.id).set(0 if not b.breaker.available(now) else 1)
+            self.upstream_outstanding.labels(b.id).set(b.outstanding)
+
+    # ChainObserver
+    def plugin_outcome(self, plugin: str, hook: str, outcome: str, seconds: float) -> None:
+        self.plugin_outcomes.labels(plugin, hook, outcome).inc()
+
+    def answered(self, call: Call, status: int, usage: Any = None) -> None:
+        self.requests.labels(call.model, call.endpoint, str(status)).inc()
+        self.latency.labels(call.model, call.endpoint).observe(time.perf_counter() - call.started)
+        if usage is not None:
+            self.tokens.labels(call.model, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(call.model, "completion").inc(usage.completion_tokens)
+
+    async def watch_stream(self, call: Call, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """Passes the chunks on, recording TTFT, usage and how the stream ended."""
+        first, usage, status = True, None, 200
+        try:
+            async for chunk in stream:
+                if first:
+                    self.ttft.labels(call.model).observe(time.perf_counter() - call.started)
+                    first = False
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        except BaseException:
+            status = 599  # cut off mid-stream (the client got an error event)
+            raise
+        finally:
+            self.answered(call, status, usage)

@@ -1,0 +1,152 @@
+"""A conformance kit for plugin authors: run it against your plugin in your own tests.
+
+    from gateway.testing.conformance import check_plugin
+
+    async def test_my_plugin_conforms():
+        await check_plugin(MyPlugin(setting=1))
+
+It drives the plugin through the real chain runtime (gateway/chain.py) over a fake
+upstream and checks what every plugin owes the others: hooks the runtime can call
+(async, keyword arguments), a Reply for complete and for streamed calls, every chunk
+passed on in order (none invented or dropped unless the plugin answers itself), errors
+from below reaching the caller unchanged, concurrent calls kept apart, and clean
+start-up and shutdown. `make_call` and `FakeUpstream` are there for your own tests too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+
+from gateway.call import Call, Chunk, Reply
+from gateway.chain import Chain, ChainEntry
+from gateway.errors import UpstreamError
+from gateway.plugin import HOOKS, Hook, Plugin, overrides
+from gateway.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
+    Usage,
+)
+from gateway.targets import Backend, Group, ModelTarget
+
+
+def make_call(
+    content: str = "Hello", *, stream: bool = False, tenant: str = "default", model: str = "m"
+) -> Call:
+    request = ChatCompletionRequest(
+        model=model, messages=[ChatMessage(role="user", content=content)], stream=stream
+    )
+    backend = Backend(id="fake", group="g")
+    return Call(
+        endpoint="chat.completions",
+        request=request,
+        tenant=tenant,
+        target=ModelTarget(model, [Group("g", [backend])]),
+    )
+
+
+class FakeUpstream:
+    """Answers "echo: <last user message>", as one body or as one chunk per word."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    async def __call__(self, call: Call) -> Reply:
+        self.calls += 1
+        if self.fail:
+            raise UpstreamError("fake upstream failure", status_code=502, upstream_status=500)
+        assert isinstance(call.request, ChatCompletionRequest)
+        text = f"echo: {call.request.messages[-1].content}"
+        if call.stream:
+            return Reply(stream=self._chunks(call.model, text))
+        usage = Usage(prompt_tokens=3, completion_tokens=len(text.split()), total_tokens=0)
+        message = AssistantMessage(content=text)
+        choice = ChatChoice(index=0, message=message, finish_reason="stop")
+        return Reply(
+            body=ChatCompletion(id="c", created=0, model=call.model, choices=[choice], usage=usage)
+        )
+
+    async def _chunks(self, model: str, text: str) -> AsyncIterator[Chunk]:
+        for i, word in enumerate(text.split(" ")):
+            delta = ChatDelta(content=word if i == 0 else " " + word)
+            yield ChatCompletionChunk(
+                id="c", created=0, model=model, choices=[ChatChunkChoice(index=0, delta=delta)]
+            )
+            await asyncio.sleep(0)
+
+
+def expected_text(content: str) -> str:
+    return f"echo: {content}"
+
+
+async def collect(reply: Reply) -> str:
+    """The text of a reply, complete or streamed."""
+    if reply.body is not None:
+        assert isinstance(reply.body, ChatCompletion)
+        return reply.body.choices[0].message.content or ""
+    assert reply.stream is not None
+    parts: list[str] = []
+    async for chunk in reply.stream:
+        assert isinstance(chunk, ChatCompletionChunk), f"a chunk of type {type(chunk)}"
+        parts.extend(c.delta.content or "" for c in chunk.choices)
+    return "".join(parts)
+
+
+async def check_plugin(plugin: Plugin, *, answers_itself: bool = False) -> None:
+    """Raises AssertionError naming the first rule the plugin breaks. answers_itself:
+    the plugin may legitimately answer without calling the upstream (a cache), so the
+    text check only requires a well-formed reply."""
+    assert isinstance(plugin, Plugin), "plugins subclass gateway.plugin.Plugin"
+    assert plugin.name, "set the class attribute `name` (the entry-point name)"
+    for hook in HOOKS:
+        fn = getattr(plugin, hook)
+        assert inspect.iscoroutinefunction(fn), f"{hook} must be `async def`"
+        if overrides(plugin, hook):
+            Hook(fn)  # raises if it takes positional-only arguments
+
+    from gateway.app import Gateway
+
+    gw = Gateway({})
+    await plugin.startup(gateway=gw)
+    try:
+        upstream = FakeUpstream()
+        chain = Chain([ChainEntry(plugin.name, plugin)], upstream)
+        for stream in (False, True):
+            content = f"conformance {'stream' if stream else 'body'}"
+            reply = await chain.run(make_call(content, stream=stream))
+            assert isinstance(reply, Reply), "handle must return a Reply"
+            assert reply.is_stream == stream or answers_itself, (
+                f"a {'streamed' if stream else 'complete'} call got the other shape back"
+            )
+            text = await collect(reply)
+            if not answers_itself:
+                assert text == expected_text(content), f"reply text changed: {text!r}"
+
+        # Two calls at once: each gets its own answer (no per-call state on the instance).
+        a, b = make_call("first call", stream=True), make_call("second call", stream=True)
+        ra, rb = await asyncio.gather(chain.run(a), chain.run(b))
+        ta, tb = await asyncio.gather(collect(ra), collect(rb))
+        if not answers_itself:
+            assert (ta, tb) == (expected_text("first call"), expected_text("second call")), (
+                f"concurrent calls mixed up: {ta!r}, {tb!r}"
+            )
+
+        # An upstream error reaches the caller as itself (the plugin may not swallow it
+        # into a success or turn it into another type).
+        failing = Chain([ChainEntry(plugin.name, plugin)], FakeUpstream(fail=True))
+        try:
+            reply = await failing.run(make_call("upstream fails"))
+        except UpstreamError:
+            pass
+        else:
+            assert answers_itself, "an upstream error was swallowed into a reply"
+    finally:
+        await plugin.shutdown()

@@ -1,0 +1,70 @@
+"""Retry decisions (pure): which failures are worth another backend, a budget that keeps
+retries from multiplying load during an outage, and back-off with jitter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def should_retry(status: int | None, attempt: int, max_attempts: int) -> bool:
+    """status: the upstream's HTTP status, None when it never answered (connect error,
+    timeout). attempt: attempts made so far. Never retries other 4xx: the request itself
+    is wrong and would fail anywhere."""
+    if attempt >= max_attempts:
+        return False
+    return status is None or status in RETRYABLE
+
+
+@dataclass(slots=True)
+class RetryBudget:
+    """Token bucket: each request deposits `ratio` tokens, each retry spends one, and
+    `min_per_s` tokens accrue per second regardless, so a quiet gateway may still retry.
+    During an outage retries stay at most ~ratio of traffic instead of multiplying it."""
+
+    ratio: float = 0.2
+    min_per_s: float = 10.0
+    cap: float = 100.0
+    tokens: float = 10.0
+    last: float | None = None
+
+    def deposit(self, now: float) -> None:
+        self._accrue(now)
+        self.tokens = min(self.cap, self.tokens + self.ratio)
+
+    def try_spend(self, now: float) -> bool:
+        self._accrue(now)
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def _accrue(self, now: float) -> None:
+        if self.last is not None and now > self.last:
+            self.tokens = min(self.cap, self.tokens + (now - self.last) * self.min_per_s)
+        self.last = now
+
+
+def backoff(attempt: int, base: float, cap: float, jitter_u: float) -> float:
+    """Full-jitter exponential back-off: uniform in [0, min(cap, base * 2**attempt)],
+    with jitter_u in [0, 1) supplied by the caller."""
+    return min(cap, base * 2.0**attempt) * jitter_u
+
+
+def parse_retry_after(value: str | None, now: float, cap: float = 3600.0) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (against
+    `now`, wall-clock epoch seconds). None when absent or unreadable; capped at `cap`."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return min(max(float(value), 0.0), cap)
+    except ValueError:
+        pass
+    try:
+        when = float(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return min(max(when - now, 0.0), cap)

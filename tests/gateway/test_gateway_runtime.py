@@ -1,0 +1,231 @@
+"""The gateway as users run it: `llm-gateway serve --config ...` in its own process, in
+front of real mock upstream processes. Routing, ejection and recovery, fallback, stream
+failures, client disconnects, a third-party plugin from examples/, auth, readiness."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import _free_port
+
+Start = Callable[..., str]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """gateway(config_toml) -> base URL of a running `llm-gateway serve --config`."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(config: str) -> str:
+        path = tmp_path / f"gateway{len(procs)}.toml"
+        path.write_text(config)
+        port = _free_port()
+        log = tmp_path / f"gateway{len(procs)}.log"
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+        cmd += ["--port", str(port), "--log-level", "warning"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"gateway exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gateway did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _config(groups: dict[str, list[str]], models: str, extra: str = "") -> str:
+    text = extra + "\n"
+    for name, urls in groups.items():
+        backends = ", ".join(f'{{url = "{u}"}}' for u in urls)
+        text += f'[[groups]]\nname = "{name}"\nbackends = [{backends}]\n\n'
+    return text + models
+
+
+def _model(groups: list[str], routing: str = "prefix_affinity", name: str = "m") -> str:
+    return f'[[models]]\nname = "{name}"\ngroups = {json.dumps(groups)}\nrouting = "{routing}"\n'
+
+
+def _chat(url: str, content: str, stream: bool = False, **kw: Any) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], "stream": stream}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=10, **kw)
+
+
+def _stats(upstream: str) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(upstream + "/stats").json()
+    return data
+
+
+def _unreachable() -> str:
+    return f"http://127.0.0.1:{_free_port()}/v1"
+
+
+def test_routing_spreads_and_prefers_the_prefix_owner(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    ups = [mock_upstream(name=f"u{i}") for i in range(3)]
+    url = gateway(_config({"g": ups}, _model(["g"])))
+    for i in range(30):  # different prompts spread
+        assert _chat(url, f"{i:06d} a prompt of its own").status_code == 200
+    counts = [_stats(u)["requests"] for u in ups]
+    assert sum(counts) == 30 and min(counts) > 0
+    shared = "You are a helpful assistant for the harbour office. " * 4
+    for turn in range(10):  # one conversation growing: its prefix stays on one backend
+        assert _chat(url, shared + " question " * turn).status_code == 200
+    grew = [_stats(u)["requests"] - c for u, c in zip(ups, counts, strict=True)]
+    assert sorted(grew) == [0, 0, 10]
+
+
+def test_a_failing_backend_is_ejected_then_recovers(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    bad, good = mock_upstream(status=500, name="bad"), mock_upstream(name="good")
+    settings = '{name = "routing", settings = {failure_threshold = 3, ejection_base_s = 1.0}}'
+    url = gateway(
+        _config({"g": [bad, good]}, _model(["g"], "round_robin"), f"plugins = [{settings}]")
+    )
+    for i in range(20):  # retried on the good one: clients never see the failures
+        assert _chat(url, f"request {i}").status_code == 200
+    assert _stats(bad)["requests"] == 3  # ejected after 3 consecutive failures
+    httpx.post(bad + "/control", json={"status": 200})
+    time.sleep(1.2)  # the back-off passes; the next call probes it
+    for i in range(6):
+        assert _chat(url, f"after {i}").status_code == 200
+    assert _stats(bad)["requests"] >= 3 + 3  # back in the rotation
+
+
+def test_fallback_to_the_second_group(mock_upstream: Start, gateway: Callable[[str], str]) -> None:
+    backup = mock_upstream(name="backup")
+    url = gateway(
+        _config({"dead": [_unreachable()], "backup": [backup]}, _model(["dead", "backup"]))
+    )
+    reply = _chat(url, "hello")
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    assert _stats(backup)["requests"] == 1
+
+
+def test_4xx_is_not_retried(mock_upstream: Start, gateway: Callable[[str], str]) -> None:
+    a, b = mock_upstream(status=400), mock_upstream(status=400)
+    url = gateway(_config({"g": [a, b]}, _model(["g"], "round_robin")))
+    reply = _chat(url, "bad request")
+    assert reply.status_code == 400 and reply.json()["error"]["message"] == "mock mock failing"
+    assert _stats(a)["requests"] + _stats(b)["requests"] == 1
+
+
+def test_a_stream_dying_mid_answer_ends_with_an_error_event(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    url = gateway(_config({"g": [mock_upstream(chunks=8, die_after=3)]}, _model(["g"])))
+    with httpx.stream("POST", url + "/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+    }, timeout=10) as r:  # fmt: skip
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200
+    assert len(events) == 4 and "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["type"] == "server_error"
+
+
+def test_a_client_disconnect_cancels_the_upstream(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    upstream = mock_upstream(chunks=500, delay_ms=10)
+    url = gateway(_config({"g": [upstream]}, _model(["g"])))
+    with httpx.stream("POST", url + "/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+    }, timeout=10) as r:  # fmt: skip
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+    deadline = time.monotonic() + 1.5
+    while _stats(upstream)["cancelled"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stats(upstream)["cancelled"] == 1
+
+
+def test_a_third_party_plugin_is_discovered_and_runs_in_order(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    chain = (
+        'plugins = [{name = "stamp", settings = {header = "x-outer"}}, "routing", '
+        '{name = "stamp", settings = {header = "x-inner"}}]'
+    )
+    url = gateway(_config({"g": [mock_upstream(delay_ms=20)]}, _model(["g"]), chain))
+    reply = _chat(url, "hello")
+    assert reply.status_code == 200
+    outer = float(reply.headers["x-outer"].split("below_ms=")[1])
+    inner = float(reply.headers["x-inner"].split("below_ms=")[1])
+    assert reply.headers["x-outer"].startswith("tenant=default;")
+    assert outer >= inner >= 20.0  # the outer one wraps the inner one, which wraps the upstream
+    assert float(reply.headers["x-gateway-overhead-ms"]) >= 0.0
+
+
+def test_api_keys_map_to_tenants(mock_upstream: Start, gateway: Callable[[str], str]) -> None:
+    auth = '[[auth.keys]]\nkey = "sk-a"\ntenant = "team-a"\n'
+    chain = 'plugins = ["routing", "stamp"]\n'
+    url = gateway(_config({"g": [mock_upstream()]}, _model(["g"]), chain + auth))
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        reply = _chat(url, "hi", headers=headers)
+        assert reply.status_code == 401
+        assert reply.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(url + "/v1/models").status_code == 401
+    reply = _chat(url, "hi", headers={"Authorization": "Bearer sk-a"})
+    assert reply.status_code == 200 and reply.headers["x-stamp"].startswith("tenant=team-a;")
+
+
+def test_readiness_is_separate_from_liveness(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    models = _model(["up"], name="m") + _model(["down"], name="n")
+    url = gateway(_config({"up": [mock_upstream()], "down": [_unreachable()]}, models))
+    assert httpx.get(url + "/health").status_code == 200
+    ready = httpx.get(url + "/ready")
+    assert ready.status_code == 503
+    assert ready.json()["models"] == {"m": True, "n": False}
+
+
+def test_metrics_count_requests_plugins_and_backends(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    up = mock_upstream(chunks=3)
+    url = gateway(_config({"g": [up]}, _model(["g"])))
+    assert _chat(url, "one").status_code == 200
+    with httpx.stream("POST", url + "/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "two"}], "stream": True,
+    }, timeout=10) as r:  # fmt: skip
+        list(r.iter_lines())
+    text = httpx.get(url + "/metrics").text
+    assert (
+        'llm_gateway_requests_total{endpoint="chat.completions",model="m",status="200"} 2.0' in text
+    )
+    assert (
+        'llm_gateway_plugin_outcomes_total{hook="handle",outcome="ok",plugin="routing"} 2.0' in text
+    )
+    assert f'llm_gateway_upstream_up{{backend="{up}"}} 1.0' in text
+    assert 'llm_gateway_tokens_total{kind="completion",model="m"} 6.0' in text
+    assert "llm_gateway_time_to_first_token_seconds_count" in text

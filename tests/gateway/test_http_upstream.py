@@ -1,0 +1,121 @@
+"""The OpenAI-compatible HTTP upstream against a real (mock) server process: answers,
+streams, aliasing, upstream keys, and every error shape turned into OpenAI's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.errors import UpstreamError
+from gateway.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+)
+from gateway.upstreams.http import HttpUpstream
+
+pytestmark = pytest.mark.anyio
+
+
+def _chat(stream: bool = False, **extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest(
+        model="m", messages=[ChatMessage(role="user", content="hi")], stream=stream, **extra
+    )
+
+
+def _stats(url: str) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(url + "/stats").json()
+    return data
+
+
+async def test_complete_answer_alias_and_key(mock_upstream: Callable[..., str]) -> None:
+    url = mock_upstream(chunks=3)
+    up = HttpUpstream(url, api_key="sk-up")
+    try:
+        reply = await up.chat(_chat(temperature=0.5), upstream_model="real-name")
+        assert isinstance(reply, ChatCompletion)
+        assert reply.choices[0].message.content == "tok0 tok1 tok2 "
+        assert reply.usage.completion_tokens == 3
+        sent = _stats(url)
+        assert sent["last_body"]["model"] == "real-name"  # aliasing
+        assert sent["last_body"]["temperature"] == 0.5
+        assert "top_k" not in sent["last_body"]  # unset fields are not sent
+        assert sent["auth"] == "Bearer sk-up"
+        legacy = await up.complete(CompletionRequest(model="m", prompt="x"))
+        assert isinstance(legacy, Completion) and legacy.choices[0].text == "tok0 tok1 tok2 "
+    finally:
+        await up.close()
+
+
+async def test_stream_yields_chunks_and_usage(mock_upstream: Callable[..., str]) -> None:
+    up = HttpUpstream(mock_upstream(chunks=4))
+    try:
+        stream = await up.chat(_chat(stream=True))
+        assert not isinstance(stream, ChatCompletion)
+        chunks = [c async for c in stream]
+        text = "".join(c.delta.content or "" for ch in chunks for c in ch.choices)
+        assert text == "tok0 tok1 tok2 tok3 "
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    finally:
+        await up.close()
+
+
+async def test_a_stream_cut_mid_answer_raises(mock_upstream: Callable[..., str]) -> None:
+    up = HttpUpstream(mock_upstream(chunks=8, die_after=2))
+    try:
+        stream = await up.chat(_chat(stream=True))
+        got = []
+        with pytest.raises(UpstreamError) as info:
+            async for chunk in stream:  # type: ignore[union-attr]
+                got.append(chunk)
+        assert len(got) == 2  # what arrived before the cut was passed on
+        assert info.value.status_code in (502, 503)
+    finally:
+        await up.close()
+
+
+async def test_server_errors_become_502_with_the_upstream_status(
+    mock_upstream: Callable[..., str],
+) -> None:
+    up = HttpUpstream(mock_upstream(status=500))
+    try:
+        for stream in (False, True):
+            with pytest.raises(UpstreamError) as info:
+                await up.chat(_chat(stream=stream))
+            assert info.value.status_code == 502 and info.value.upstream_status == 500
+            assert "mock mock failing" in info.value.message
+    finally:
+        await up.close()
+
+
+async def test_rate_limits_pass_on_with_retry_after(mock_upstream: Callable[..., str]) -> None:
+    up = HttpUpstream(mock_upstream(status=429, retry_after=7))
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await up.chat(_chat())
+        assert info.value.status_code == 429 and info.value.upstream_status == 429
+        assert info.value.retry_after == 7.0
+        assert info.value.error_type == "server_error"  # the upstream's own type is kept
+    finally:
+        await up.close()
+
+
+async def test_an_unreachable_upstream_is_503() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    up = HttpUpstream(f"http://127.0.0.1:{port}/v1", connect_timeout=1.0)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await up.chat(_chat())
+        assert info.value.status_code == 503 and info.value.upstream_status is None
+        assert not await up.ready()
+    finally:
+        await up.close()
