@@ -184,7 +184,7 @@ async def _serve(
     own = time.perf_counter() - started - call.state.get(UPSTREAM_SECONDS, 0.0)
     headers = {**reply.headers, OVERHEAD_HEADER: f"{own * 1e3:.3f}"}
     if metrics is not None:
-        metrics.overhead.labels(call.model).observe(own)
+        metrics.observe_overhead(call.model, own)
     if reply.body is not None:
         if metrics is not None:
             metrics.answered(call, 200, reply.body.usage)

@@ -19,6 +19,8 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # labels() costs a lock and a tuple per call; the hot path looks children up here.
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.requests = Counter(
             "llm_gateway_requests", "Requests answered, by model, endpoint and HTTP status.",
             ["model", "endpoint", "status"], registry=registry,
@@ -64,16 +66,20 @@ class GatewayMetrics:
             self.upstream_up.labels(b.id).set(0 if not b.breaker.available(now) else 1)
             self.upstream_outstanding.labels(b.id).set(b.outstanding)
 
+    def observe_overhead(self, model: str, seconds: float) -> None:
+        _child(self._children, self.overhead, model).observe(seconds)
+
     # ChainObserver
     def plugin_outcome(self, plugin: str, hook: str, outcome: str, seconds: float) -> None:
-        self.plugin_outcomes.labels(plugin, hook, outcome).inc()
+        _child(self._children, self.plugin_outcomes, plugin, hook, outcome).inc()
 
     def answered(self, call: Call, status: int, usage: Any = None) -> None:
-        self.requests.labels(call.model, call.endpoint, str(status)).inc()
-        self.latency.labels(call.model, call.endpoint).observe(time.perf_counter() - call.started)
+        c, model, endpoint = self._children, call.model, call.endpoint
+        _child(c, self.requests, model, endpoint, str(status)).inc()
+        _child(c, self.latency, model, endpoint).observe(time.perf_counter() - call.started)
         if usage is not None:
-            self.tokens.labels(call.model, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(call.model, "completion").inc(usage.completion_tokens)
+            _child(c, self.tokens, model, "prompt").inc(usage.prompt_tokens)
+            _child(c, self.tokens, model, "completion").inc(usage.completion_tokens)
 
     async def watch_stream(self, call: Call, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         """Passes the chunks on, recording TTFT, usage and how the stream ended."""
@@ -81,7 +87,8 @@ class GatewayMetrics:
         try:
             async for chunk in stream:
                 if first:
-                    self.ttft.labels(call.model).observe(time.perf_counter() - call.started)
+                    ttft = _child(self._children, self.ttft, call.model)
+                    ttft.observe(time.perf_counter() - call.started)
                     first = False
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -91,3 +98,11 @@ class GatewayMetrics:
             raise
         finally:
             self.answered(call, status, usage)
+
+
+def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
+    key = (id(metric), *labels)
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*labels)
+    return child

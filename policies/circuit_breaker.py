@@ -5,6 +5,9 @@ caller passes the time).
     half_open --probe succeeds--> closed (backoff reset)
     half_open --probe fails--> open (backoff doubled, up to max_backoff_s)
 
+While open, outcomes of calls sent before the ejection are ignored: one late success does
+not let a failing backend back in, and late failures do not stretch the back-off.
+
 half_open lets one probe through at a time: filter candidates with `available` (no side
 effects), then `allow` the one chosen. `hold_until(t)` keeps the breaker open until t
 whatever its state (an upstream's Retry-After).
@@ -52,15 +55,23 @@ class CircuitBreaker:
         self.probing = False
 
     def record_success(self, now: float) -> None:
+        if self.opened and not self.probing:
+            return  # a call sent before the ejection: the ejection stands until a probe
         self.failures = 0
         self.opened = self.probing = False
         self.backoff_s = 0.0
 
     def record_failure(self, now: float) -> None:
+        if self.opened:
+            # Only a failed probe backs off longer. The other calls that were in flight
+            # when the backend died fail now too; counting them would reach the cap at once.
+            if self.probing:
+                self._trip(
+                    now, min(max(self.backoff_s, self.base_backoff_s) * 2, self.max_backoff_s)
+                )
+            return
         self.failures += 1
-        if self.opened:  # a failed probe: back off longer
-            self._trip(now, min(max(self.backoff_s, self.base_backoff_s) * 2, self.max_backoff_s))
-        elif self.failures >= self.failure_threshold:
+        if self.failures >= self.failure_threshold:
             self._trip(now, self.base_backoff_s)
 
     def hold_until(self, until: float) -> None:

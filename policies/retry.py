@@ -3,7 +3,9 @@ retries from multiplying load during an outage, and back-off with jitter."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -50,7 +52,8 @@ class RetryBudget:
 def backoff(attempt: int, base: float, cap: float, jitter_u: float) -> float:
     """Full-jitter exponential back-off: uniform in [0, min(cap, base * 2**attempt)],
     with jitter_u in [0, 1) supplied by the caller."""
-    return min(cap, base * 2.0**attempt) * jitter_u
+    # 2.0**1024 overflows a float; by then the cap has long been reached anyway
+    return min(cap, base * 2.0 ** min(attempt, 1000)) * jitter_u
 
 
 def parse_retry_after(value: str | None, now: float, cap: float = 3600.0) -> float | None:
@@ -60,11 +63,15 @@ def parse_retry_after(value: str | None, now: float, cap: float = 3600.0) -> flo
         return None
     value = value.strip()
     try:
-        return min(max(float(value), 0.0), cap)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as floats but say nothing useful
+        return min(max(seconds, 0.0), cap) if math.isfinite(seconds) else None
     try:
-        when = float(parsedate_to_datetime(value).timestamp())
+        date = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    return min(max(when - now, 0.0), cap)
+    if date.tzinfo is None:  # "-0000": UTC by RFC 5322, not the host's local time
+        date = date.replace(tzinfo=UTC)
+    return min(max(date.timestamp() - now, 0.0), cap)

@@ -1,218 +1,380 @@
-"""Routing policies (pure): which backend of a group takes a request.
+"""Routing policies: which backend gets the next request.
 
-    RoundRobin            each in turn
-    Weighted              smooth weighted round robin (nginx's): interleaved, not bursty
-    LeastOutstanding      fewest requests in flight; ties rotate
-    PrefixAffinity        requests sharing a prompt prefix go where its KV is cached
-    ConversationAffinity  one conversation stays on one backend (its history's KV)
+Pure decision logic, no I/O and no clock. The caller (plugins/routing.py, or the
+simulation in bench/routing_sim.py) keeps each `BackendState.outstanding` current,
+passes the healthy candidates to `choose`, and tells the policy where a request went
+with `on_routed` so that affinity policies can learn.
 
-Affinity uses consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
-2018): a key hashes to a point on a ring of virtual nodes; the request goes to the first
-backend clockwise whose in-flight count stays within load_factor x the mean, so a
-popular prefix spills over to the next backends instead of hot-spotting one, and adding
-or removing a backend moves only the keys it owned. PrefixAffinity also learns where each
-prefix (hash chain of the prompt's leading blocks) was last sent and prefers the backend
-holding the longest known prefix, within the same bound.
+- RoundRobin, Weighted (smooth weighted round robin, as nginx does), LeastOutstanding.
+- PrefixAffinity: a prompt goes where its longest prefix was last sent (that backend
+  likely still holds the prefix's KV cache); a prefix never seen goes to its place on a
+  hash ring. Both under a load bound, so a popular prefix cannot hot-spot one backend:
+  consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018).
+- ConversationAffinity: the same, keyed by the conversation id.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-import itertools
 import math
+import struct
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from itertools import chain
+from typing import Protocol, TypeVar
+
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(slots=True, eq=False)
 class BackendState:
+    """One backend as routing sees it. eq=False: two idle backends with equal fields are
+    still two backends, so identity is what compares (and hashes)."""
+
     id: str
     weight: float = 1.0
-    outstanding: int = 0  # requests in flight (the caller keeps it current)
+    outstanding: int = 0  # requests sent and not yet finished, kept by the caller
+
+
+B = TypeVar("B", bound=BackendState)
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingKey:
-    prefix_hashes: tuple[int, ...] = ()  # hash chain: element i covers blocks 0..i
-    affinity: str | None = None  # conversation id
+    """What a request offers for affinity: `prefix_hashes[i]` covers its prompt's blocks
+    0..i (see prefix_hash_chain); `affinity` is a conversation (or user) id."""
 
-
-def _hash(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
-def prefix_hash_chain(
-    data: str | Sequence[int], block_size: int, max_blocks: int
-) -> tuple[int, ...]:
-    """Chained hashes of the leading full blocks of a prompt (text: block_size characters;
-    token ids: block_size tokens), at most max_blocks. Same input, same hashes, in every
-    process (no salted hash())."""
-    out: list[int] = []
-    prev = 0
-    n = min(len(data) // block_size, max_blocks)
-    for i in range(n):
-        block = data[i * block_size : (i + 1) * block_size]
-        raw = (
-            block.encode()
-            if isinstance(block, str)
-            else b"".join(t.to_bytes(4, "little") for t in block)
-        )
-        prev = _hash(prev.to_bytes(8, "big") + raw)
-        out.append(prev)
-    return tuple(out)
+    prefix_hashes: tuple[int, ...] = ()
+    affinity: str | None = None
 
 
 class Policy(Protocol):
-    def choose(self, backends: Sequence[BackendState], key: RoutingKey) -> BackendState:
-        """backends: the healthy candidates, non-empty."""
+    def choose(self, backends: Sequence[B], key: RoutingKey) -> B:
+        """Pick one of `backends` (the healthy candidates, never empty)."""
         ...
 
     def on_routed(self, backend: BackendState, key: RoutingKey) -> None:
-        """The request went to `backend` (and was accepted there)."""
+        """The request with `key` was sent to `backend`."""
         ...
+
+
+def prefix_hash_chain(
+    data: str | bytes | Sequence[int], block_size: int, max_blocks: int
+) -> tuple[int, ...]:
+    """Chained 64-bit hashes of the leading full blocks of a prompt (characters of a str,
+    bytes, or token ids): hashes[i] covers blocks 0..i, so two prompts share hashes[:k]
+    exactly when they share their first k blocks. A trailing partial block is left out, as
+    a KV cache only reuses full blocks. blake2b rather than hash(): str hashes are salted
+    per process, and every gateway replica must compute the same chain."""
+    if block_size < 1 or max_blocks < 0:
+        raise ValueError("block_size must be >= 1 and max_blocks >= 0")
+    hashes: list[int] = []
+    digest = b""
+    for i in range(min(len(data) // block_size, max_blocks)):
+        block = data[i * block_size : (i + 1) * block_size]
+        digest = hashlib.blake2b(digest + _block_bytes(block), digest_size=8).digest()
+        hashes.append(int.from_bytes(digest, "little"))
+    return tuple(hashes)
+
+
+def _block_bytes(block: str | bytes | Sequence[int]) -> bytes:
+    if isinstance(block, str):
+        return block.encode("utf-8", "surrogatepass")
+    if isinstance(block, bytes | bytearray | memoryview):
+        return bytes(block)
+    return struct.pack(f"<{len(block)}q", *block)  # fixed byte order: same on every host
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of `text` that is the same in every process."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def load_bound(total_outstanding: int, n_backends: int, load_factor: float) -> int:
+    """The most requests one backend may hold once the next one is placed:
+    ceil(c * (total + 1) / n). With c >= 1 some backend is always under it: were every
+    backend at the bound they would hold n * bound >= total + 1 > total requests."""
+    return math.ceil(load_factor * (total_outstanding + 1) / n_backends)
+
+
+def first_healthy_group(groups: Iterable[Sequence[B]], healthy: Callable[[B], bool]) -> list[B]:
+    """The healthy members of the first group that has any. Groups are in fallback order:
+    a later group serves only while every earlier one is down. Empty if none has any."""
+    for group in groups:
+        members = [b for b in group if healthy(b)]
+        if members:
+            return members
+    return []
 
 
 class RoundRobin:
     def __init__(self) -> None:
-        self._next = itertools.count()
+        self._next = 0
 
-    def choose(self, backends: Sequence[BackendState], key: RoutingKey) -> BackendState:
-        return backends[next(self._next) % len(backends)]
+    def choose(self, backends: Sequence[B], key: RoutingKey) -> B:
+        backend = backends[self._next % len(backends)]
+        self._next = (self._next + 1) & _MASK64
+        return backend
 
     def on_routed(self, backend: BackendState, key: RoutingKey) -> None:
-        return None
+        pass
 
 
 class Weighted:
-    """Smooth weighted round robin: each pick adds every backend's weight to its score,
-    takes the highest, and subtracts the total from it."""
+    """Smooth weighted round robin (nginx): each pick, every backend's credit grows by its
+    weight, the richest is chosen and pays back the total. Picks follow the weights over
+    any window and interleave (5:1:1 gives a a b a c a a, not a a a a a b c)."""
 
     def __init__(self) -> None:
-        self._score: dict[str, float] = {}
+        self._credit: dict[str, float] = {}
+        self._fallback = RoundRobin()
 
-    def choose(self, backends: Sequence[BackendState], key: RoutingKey) -> BackendState:
+    def choose(self, backends: Sequence[B], key: RoutingKey) -> B:
+        best: B | None = None
+        best_credit = -math.inf
         total = 0.0
-        best: BackendState | None = None
         for b in backends:
-            score = self._score.get(b.id, 0.0) + b.weight
-            self._score[b.id] = score
+            if b.weight <= 0:
+                continue  # weight 0 parks a backend
+            credit = self._credit.get(b.id, 0.0) + b.weight
+            self._credit[b.id] = credit
             total += b.weight
-            if best is None or score > self._score[best.id]:
-                best = b
-        assert best is not None
-        self._score[best.id] -= total
+            if credit > best_credit:
+                best, best_credit = b, credit
+        if best is None:  # every candidate parked: better any than none
+            return self._fallback.choose(backends, key)
+        self._credit[best.id] = best_credit - total
         return best
 
     def on_routed(self, backend: BackendState, key: RoutingKey) -> None:
-        return None
+        pass
 
 
 class LeastOutstanding:
-    def __init__(self) -> None:
-        self._turn = itertools.count()
+    """Fewest requests in flight. The scan starts one place further each call, so ties
+    (every backend idle, say) rotate instead of always landing on the first."""
 
-    def choose(self, backends: Sequence[BackendState], key: RoutingKey) -> BackendState:
-        least = min(b.outstanding for b in backends)
-        tied = [b for b in backends if b.outstanding == least]
-        return tied[next(self._turn) % len(tied)]
+    def __init__(self) -> None:
+        self._start = 0
+
+    def choose(self, backends: Sequence[B], key: RoutingKey) -> B:
+        start = self._start % len(backends)
+        self._start = start + 1
+        return min(chain(backends[start:], backends[:start]), key=_outstanding)
 
     def on_routed(self, backend: BackendState, key: RoutingKey) -> None:
-        return None
+        pass
 
 
-class _Ring:
-    """Virtual nodes of a backend set on a 64-bit ring."""
-
-    def __init__(self, ids: Sequence[str], vnodes: int) -> None:
-        points = sorted((_hash(f"{i}#{v}".encode()), i) for i in ids for v in range(vnodes))
-        self.keys = [p for p, _ in points]
-        self.owners = [i for _, i in points]
-
-
-class _BoundedRing:
-    """Consistent hashing with bounded loads over whatever candidates are healthy now."""
-
-    def __init__(self, load_factor: float, vnodes: int) -> None:
-        if load_factor < 1.0:
-            raise ValueError("load_factor must be >= 1")
-        self.load_factor, self.vnodes = load_factor, vnodes
-        self._rings: OrderedDict[tuple[str, ...], _Ring] = OrderedDict()
-
-    def bound(self, backends: Sequence[BackendState]) -> int:
-        total = sum(b.outstanding for b in backends) + 1
-        return max(1, math.ceil(self.load_factor * total / len(backends)))
-
-    def pick(self, backends: Sequence[BackendState], point: int) -> BackendState:
-        by_id = {b.id: b for b in backends}
-        ring = self._ring(tuple(sorted(by_id)))
-        bound = self.bound(backends)
-        start = bisect.bisect(ring.keys, point)
-        n = len(ring.owners)
-        tried: set[str] = set()
-        for j in range(n):  # clockwise until a backend under the bound
-            owner = ring.owners[(start + j) % n]
-            if owner in tried:
-                continue
-            tried.add(owner)
-            if by_id[owner].outstanding + 1 <= bound:
-                return by_id[owner]
-            if len(tried) == len(by_id):
-                break
-        return min(backends, key=lambda b: b.outstanding)  # unreachable with factor >= 1
-
-    def _ring(self, ids: tuple[str, ...]) -> _Ring:
-        ring = self._rings.get(ids)
-        if ring is None:
-            ring = self._rings[ids] = _Ring(ids, self.vnodes)
-            if len(self._rings) > 8:  # a few recent healthy-sets; rebuilding is cheap
-                self._rings.popitem(last=False)
-        else:
-            self._rings.move_to_end(ids)
-        return ring
+def _outstanding(b: BackendState) -> int:
+    return b.outstanding
 
 
 class PrefixAffinity:
-    def __init__(self, load_factor: float = 1.25, vnodes: int = 64, memory: int = 200_000) -> None:
-        self._ring = _BoundedRing(load_factor, vnodes)
-        self._owner: OrderedDict[int, str] = OrderedDict()  # prefix hash -> backend id (LRU)
-        self.memory = memory
-        self._short = LeastOutstanding()  # prompts shorter than a block: nothing to reuse
+    """Requests that share a prompt prefix go to the backend holding its KV cache, with no
+    backend past `load_bound` (so a popular system prompt spreads instead of hot-spotting).
 
-    def choose(self, backends: Sequence[BackendState], key: RoutingKey) -> BackendState:
+    1. Learned: `on_routed` remembers prefix hash -> backend (a bounded LRU). The prompt's
+       prefixes are tried longest first; the first whose backend is under the bound wins:
+       a multi-turn conversation returns to its last backend, and a new one goes where
+       its system prompt was last served.
+    2. Otherwise the ring: from the first block's place, the first backend under the
+       bound. Only that backend's keys move when a backend joins or leaves.
+
+    The learned map keeps, per routed request, its longest prefix and those of 1, 2, 4,
+    8, ... blocks: a later turn of the conversation extends the longest exactly, and a
+    shared system prompt matches one at least half its length, for a handful of entries
+    per request instead of one per block. It holds `prefixes_per_backend` entries per
+    candidate backend (what the backends' caches could still hold, roughly).
+    """
+
+    def __init__(
+        self,
+        load_factor: float = 1.25,
+        *,
+        vnodes: int = 64,
+        prefixes_per_backend: int = 512,
+        min_prefixes: int = 4096,
+        holders: int = 4,
+    ) -> None:
+        if load_factor < 1.0:
+            raise ValueError("load_factor must be >= 1 (below 1 no backend may fit)")
+        self.load_factor = load_factor
+        self.prefixes_per_backend = prefixes_per_backend
+        self.min_prefixes = min_prefixes
+        self.holders = holders
+        self._rings = _Rings(vnodes)
+        self._learned: OrderedDict[int, list[str]] = OrderedDict()  # hash -> holders
+        self._capacity = min_prefixes
+        self._no_key = LeastOutstanding()
+
+    def choose(self, backends: Sequence[B], key: RoutingKey) -> B:
         if not key.prefix_hashes:
-            return self._short.choose(backends, key)
-        by_id = {b.id: b for b in backends}
-        bound = self._ring.bound(backends)
-        for h in reversed(key.prefix_hashes):  # the longest prefix some backend holds
-            owner = self._owner.get(h)
-            if owner is not None and owner in by_id:
-                if by_id[owner].outstanding + 1 <= bound:
-                    return by_id[owner]
-                break  # its holder is overloaded: place by the ring
-        return self._ring.pick(backends, key.prefix_hashes[0])
+            return self._no_key.choose(backends, key)
+        self._capacity = max(self.min_prefixes, self.prefixes_per_backend * len(backends))
+        bound = load_bound(sum(b.outstanding for b in backends), len(backends), self.load_factor)
+        view = self._rings.view(backends)
+        learned = self._learned
+        for h in reversed(key.prefix_hashes):
+            holders = learned.get(h)
+            if holders is None:
+                continue
+            # the least loaded of its recent holders: a shared prefix (a system prompt)
+            # spreads over them, keeping room for each one's conversations to come back
+            best: B | None = None
+            for owner in reversed(holders):  # most recent first: ties go to it
+                i = view.index.get(owner)
+                if i is not None and backends[i].outstanding < bound:
+                    if best is None or backends[i].outstanding < best.outstanding:
+                        best = backends[i]
+            if best is not None:
+                return best
+        return view.walk(backends, key.prefix_hashes[0], bound)
 
     def on_routed(self, backend: BackendState, key: RoutingKey) -> None:
-        for h in key.prefix_hashes:
-            self._owner[h] = backend.id
-            self._owner.move_to_end(h)
-        while len(self._owner) > self.memory:
-            self._owner.popitem(last=False)
+        hashes = key.prefix_hashes
+        last = len(hashes) - 1
+        i = 0
+        while i <= last:
+            self._learn(hashes[i], backend.id)
+            i = 2 * i + 1  # block counts 1, 2, 4, 8, ...
+        if last >= 0 and last & (last + 1):  # not already learned as a power of two
+            self._learn(hashes[last], backend.id)
+        while len(self._learned) > self._capacity:
+            self._learned.popitem(last=False)
+
+    def _learn(self, h: int, backend_id: str) -> None:
+        holders = self._learned.get(h)
+        if holders is None:
+            self._learned[h] = [backend_id]
+            return
+        self._learned.move_to_end(h)
+        if holders[-1] == backend_id:
+            return
+        if backend_id in holders:
+            holders.remove(backend_id)
+        holders.append(backend_id)
+        if len(holders) > self.holders:
+            del holders[0]
 
 
 class ConversationAffinity:
-    """The conversation id on the ring; without one, prefix affinity."""
+    """A conversation sticks to one backend (where its earlier turns are cached): the same
+    learned map and bounded-load ring as PrefixAffinity, keyed by the conversation id. A
+    request without an id is routed by its prefix."""
 
-    def __init__(self, load_factor: float = 1.25, vnodes: int = 64) -> None:
-        self._ring = _BoundedRing(load_factor, vnodes)
-        self._prefix = PrefixAffinity(load_factor, vnodes)
+    def __init__(self, load_factor: float = 1.25, *, vnodes: int = 64) -> None:
+        # one holder: a conversation goes back to where its newest turn went
+        self._by_id = PrefixAffinity(
+            load_factor, vnodes=vnodes, prefixes_per_backend=256, holders=1
+        )
+        self._by_prefix = PrefixAffinity(load_factor, vnodes=vnodes)
 
-    def choose(self, backends: Sequence[BackendState], key: RoutingKey) -> BackendState:
+    def choose(self, backends: Sequence[B], key: RoutingKey) -> B:
         if key.affinity is None:
-            return self._prefix.choose(backends, key)
-        return self._ring.pick(backends, _hash(key.affinity.encode()))
+            return self._by_prefix.choose(backends, key)
+        return self._by_id.choose(backends, _id_key(key.affinity))
 
     def on_routed(self, backend: BackendState, key: RoutingKey) -> None:
-        self._prefix.on_routed(backend, key)
+        if key.affinity is None:
+            self._by_prefix.on_routed(backend, key)
+        else:
+            self._by_id.on_routed(backend, _id_key(key.affinity))
+
+
+def _id_key(affinity: str) -> RoutingKey:
+    return RoutingKey(prefix_hashes=(stable_hash(affinity),))
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer: spreads any int (a token-id-like key, a small counter)
+    evenly over the ring, so callers need not pre-hash their keys."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class _Ring:
+    """Sorted virtual-node points of one candidate set; `owners[k]` is the index (in that
+    set's order) of the backend at `points[k]`."""
+
+    __slots__ = ("ids", "index", "owners", "points")
+
+    def __init__(self, ids: tuple[str, ...], points_of: Callable[[str], list[int]]) -> None:
+        pairs = sorted((p, i) for i, bid in enumerate(ids) for p in points_of(bid))
+        self.ids = ids
+        self.index = {bid: i for i, bid in enumerate(ids)}
+        self.points = [p for p, _ in pairs]
+        self.owners = [i for _, i in pairs]
+
+
+class _View:
+    """A ring as seen by one call's candidates: the ring of exactly that set, or of a
+    superset with `remap` (ring index -> candidate index, -1 if not a candidate). Walking
+    a superset ring and skipping the absent is the same as walking the subset's own ring,
+    which is what makes consistent hashing consistent."""
+
+    __slots__ = ("index", "remap", "ring")
+
+    def __init__(self, ring: _Ring, index: dict[str, int], remap: list[int] | None) -> None:
+        self.ring = ring
+        self.index = index
+        self.remap = remap
+
+    def walk(self, backends: Sequence[B], key_hash: int, bound: int) -> B:
+        points, owners, remap = self.ring.points, self.ring.owners, self.remap
+        n = len(points)
+        start = bisect_left(points, _mix64(key_hash))
+        for step in range(n):
+            i = owners[(start + step) % n]
+            if remap is not None:
+                i = remap[i]
+                if i < 0:
+                    continue
+            if backends[i].outstanding < bound:
+                return backends[i]
+        return min(backends, key=_outstanding)  # unreachable with load_factor >= 1
+
+
+class _Rings:
+    """Rings for the candidate sets seen lately, by their tuple of ids. Each backend's
+    virtual-node points are hashed once; a rebuild is one sort. A set that lost a few
+    members (an ejected backend, a retry excluding the one that failed) reuses a cached
+    superset's ring instead of building its own."""
+
+    def __init__(self, vnodes: int, keep: int = 4) -> None:
+        if vnodes < 1:
+            raise ValueError("vnodes must be >= 1")
+        self.vnodes = vnodes
+        self.keep = keep
+        self._rings: OrderedDict[tuple[str, ...], _Ring] = OrderedDict()
+        self._points: dict[str, list[int]] = {}
+
+    def view(self, backends: Sequence[BackendState]) -> _View:
+        ids = tuple(b.id for b in backends)
+        ring = self._rings.get(ids)
+        if ring is not None:
+            self._rings.move_to_end(ids)
+            return _View(ring, ring.index, None)
+        for ring in reversed(self._rings.values()):
+            if 2 * len(ids) >= len(ring.ids) and ring.index.keys() >= set(ids):
+                index = {bid: i for i, bid in enumerate(ids)}
+                return _View(ring, index, [index.get(bid, -1) for bid in ring.ids])
+        ring = self._rings[ids] = _Ring(ids, self._points_of)
+        while len(self._rings) > self.keep:
+            self._rings.popitem(last=False)
+        return _View(ring, ring.index, None)
+
+    def _points_of(self, backend_id: str) -> list[int]:
+        points = self._points.get(backend_id)
+        if points is None:
+            if len(self._points) > 65536:  # ids churn (autoscaling): keep the cache bounded
+                self._points.clear()
+            points = self._points[backend_id] = [
+                stable_hash(f"{backend_id}\x00{v}") for v in range(self.vnodes)
+            ]
+        return points

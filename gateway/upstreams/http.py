@@ -31,6 +31,7 @@ from gateway.schemas import (
     CompletionRequest,
 )
 from gateway.upstreams.base import ChatResult, CompletionResult
+from gateway.upstreams.transport import LeanTransport
 from policies.retry import parse_retry_after
 
 T = TypeVar("T")
@@ -59,16 +60,22 @@ class HttpUpstream:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-        )
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._headers = httpx.Headers(headers)
+        # Requests go straight to the transport with httpx's Request/Response types: an
+        # AsyncClient's per-request work (URL merging, cookies, auth and redirect hooks)
+        # cost the gateway more than the HTTP exchange itself (py-spy), and a proxy to a
+        # configured server needs none of it.
+        self._transport = transport or LeanTransport(max_connections)
+        self._timeouts = {
+            "connect": connect_timeout,
+            "read": read_timeout,
+            "write": read_timeout,
+            "pool": connect_timeout,
+        }
+        self._urls = {p: httpx.URL(self.base_url + p) for p in _PATHS}
         self._encoder = msgspec.json.Encoder()
 
     def model_ids(self) -> list[str]:
@@ -91,14 +98,16 @@ class HttpUpstream:
         return await self._post("/completions", body, Completion)
 
     async def ready(self) -> bool:
+        short = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
         try:
-            response = await self._client.get("/models", timeout=2.0)
+            response = await self._send("GET", "/models", b"", short)
+            await response.aclose()
         except httpx.HTTPError:
             return False
         return response.status_code < 500
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     # ---- internals ---------------------------------------------------------------------
 
@@ -108,28 +117,46 @@ class HttpUpstream:
             fields["model"] = upstream_model
         return self._encoder.encode(fields)
 
+    async def _send(
+        self, method: str, path: str, body: bytes, timeouts: dict[str, float] | None = None
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method,
+            self._urls[path],
+            headers=self._headers,
+            content=body,
+            extensions={"timeout": timeouts or self._timeouts},
+        )
+        return await self._transport.handle_async_request(request)
+
     async def _post(self, path: str, body: bytes, type_: type[T]) -> T:
         try:
-            response = await self._client.post(path, content=body, headers=_CT)
+            response = await self._send("POST", path, body)
+            try:
+                content = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         if response.status_code >= 400:
-            raise self._status_error(response.status_code, response.content, response.headers)
+            raise self._status_error(response.status_code, content, response.headers)
         try:
-            return msgspec.json.decode(response.content, type=type_)
+            return msgspec.json.decode(content, type=type_)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise UpstreamError(f"upstream {self.name} sent an invalid response: {exc}") from None
 
     async def _stream(self, path: str, body: bytes, type_: type[T]) -> AsyncIterator[T]:
         """Opened on first iteration: the status is checked before any chunk is yielded,
         so an upstream 4xx/5xx still reaches the client as a proper HTTP error."""
-        request = self._client.build_request("POST", path, content=body, headers=_CT)
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._send("POST", path, body)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         if response.status_code >= 400:
-            content = await response.aread()
+            try:
+                content = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+            except httpx.HTTPError:
+                content = b""
             await response.aclose()
             raise self._status_error(response.status_code, content, response.headers)
         return self._chunks(response, type_)
@@ -138,15 +165,15 @@ class HttpUpstream:
         decoder = msgspec.json.Decoder(type_)
         done = False
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in _lines(response):
+                if not line.startswith(b"data:"):
                     continue  # comments, event:/id: lines, blank separators
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     done = True
                     break
-                if data.startswith('{"error"'):
-                    raise self._status_error(502, data.encode(), response.headers, mid_stream=True)
+                if data.startswith(b'{"error"'):
+                    raise self._status_error(502, data, response.headers, mid_stream=True)
                 try:
                     yield decoder.decode(data)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -199,7 +226,19 @@ class HttpUpstream:
         )
 
 
-_CT = {"Content-Type": "application/json"}
+_PATHS = ("/chat/completions", "/completions", "/models")
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's lines (LF or CRLF) as they arrive."""
+    buffer = b""
+    async for part in response.stream:  # type: ignore[union-attr]
+        buffer += part
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r")
+    if buffer:
+        yield buffer.rstrip(b"\r")
 
 
 def _error_fields(content: bytes) -> tuple[str, str | None, str | None, str | None]:

@@ -1,0 +1,369 @@
+"""Routing policies on a synthetic multi-turn chat trace: prefix-cache hit rate, load
+balance and queueing, against an oracle that sees every backend's cache.
+
+    python bench/routing_sim.py [--backends 8,64,1000] [--requests-per-backend 150]
+
+Trace: system prompts shared by many users (Zipf popularity); conversations start as a
+Poisson process; turn t's prompt is the system prompt + every earlier turn (user message
+and answer) + a new user message, so later turns extend earlier ones. Turn t+1 arrives
+a think time after turn t's answer would have streamed.
+
+Backends: `slots` requests run at once (a batch), the rest wait in FIFO order; a request
+holds its slot for uncached prompt tokens x prefill cost + output tokens x decode cost.
+Each backend keeps an LRU prefix cache of `cache-blocks` KV blocks: a request's hit is
+its leading blocks found there (chained, so it stops at the first miss); its blocks are
+inserted once its prefill runs. The arrival rate puts the cluster at `util` load for a
+request mix whose reusable prefix (system prompt or the previous turn) is half cached.
+
+Policies are the ones in policies/routing.py, fed the way plugins/routing.py feeds them:
+the healthy backends, a RoutingKey of the prompt's leading block hashes (at most
+`key-blocks`) and the conversation id, `on_routed` after each pick. The oracle picks,
+among backends within the same load bound, the one holding the longest cached prefix
+(ties: least loaded). Stats cover requests arriving after the warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies.routing import (
+    BackendState,
+    ConversationAffinity,
+    LeastOutstanding,
+    Policy,
+    PrefixAffinity,
+    RoundRobin,
+    RoutingKey,
+    load_bound,
+)
+
+POLICIES = ["round_robin", "least_outstanding", "prefix_affinity", "conversation_affinity"]
+_SPAN = 1 << 24  # block ids: owner (system prompt or conversation) * _SPAN + block index
+
+
+@dataclass(slots=True)
+class Workload:
+    system_prompts: int = 40
+    zipf_s: float = 1.1
+    system_tokens_median: float = 700.0
+    user_tokens_median: float = 60.0
+    output_tokens_median: float = 200.0
+    turns_mean: float = 4.0
+    think_s: float = 5.0
+    block_tokens: int = 16
+    key_blocks: int = 64
+    prefill_s_per_token: float = 0.0005  # a slot is 1/8 of a GPU prefilling ~16k tokens/s
+    decode_s_per_token: float = 0.003  # ... and decoding ~2.7k tokens/s in all
+    slots: int = 8
+    cache_blocks: int = 2048  # 32k tokens: the free KV room beside the running batch
+    util: float = 0.7
+    warmup_s: float = 20.0  # left out of the stats: caches fill meanwhile
+
+
+@dataclass(slots=True)
+class Trace:
+    arrival: list[float]
+    owner_sys: list[int]  # block-id base of the system prompt
+    owner_conv: list[int]  # block-id base of the conversation
+    sys_blocks: list[int]
+    blocks: list[int]  # full blocks of the prompt
+    prompt: list[int]
+    output: list[int]
+    conv: list[int]
+    turn: list[int]
+    measured: list[bool]
+    rate: float  # requests/s
+    span: float  # arrivals lie in [0, span]
+
+
+def make_trace(n_backends: int, requests: int, w: Workload, seed: int) -> Trace:
+    """About `requests` requests arriving over [0, span]. Conversations start from well
+    before 0, so the arrival mix (first turns vs later ones) is steady from the start;
+    turns before 0 are dropped (their context is in no cache: a cold start)."""
+    rng = random.Random(seed)
+    lognormal = rng.lognormvariate
+    B = w.block_tokens
+    sys_len = [
+        min(4000, max(64, int(lognormal(math.log(w.system_tokens_median), 0.7))))
+        for _ in range(w.system_prompts)
+    ]
+    popularity = [1.0 / (i + 1) ** w.zipf_s for i in range(w.system_prompts)]
+
+    def conversation() -> tuple[int, list[tuple[int, int]]]:
+        turns = min(16, 1 + int(rng.expovariate(1.0 / (w.turns_mean - 1))))
+        msgs = [
+            (
+                min(2000, max(4, int(lognormal(math.log(w.user_tokens_median), 0.8)))),
+                min(2000, max(8, int(lognormal(math.log(w.output_tokens_median), 0.7)))),
+            )
+            for _ in range(turns)
+        ]
+        return rng.choices(range(w.system_prompts), popularity)[0], msgs
+
+    # the rate: mean work of a request whose reusable prefix (the system prompt, or the
+    # previous turn's prompt) is half cached, from a sample of conversations
+    works: list[float] = []
+    for s, msgs in (conversation() for _ in range(4000)):
+        length, reusable = sys_len[s], (sys_len[s] // B) * B
+        for user, out in msgs:
+            length += user
+            prefill = (length - reusable / 2) * w.prefill_s_per_token
+            works.append(prefill + out * w.decode_s_per_token)
+            reusable = (length // B) * B
+            length += out
+    rate = w.util * n_backends * w.slots / statistics.fmean(works)
+    conv_rate = rate * 4000 / len(works)
+    span = requests / rate
+    lead = 32 * (w.think_s + w.output_tokens_median * w.decode_s_per_token)  # > 16 turns
+
+    rows: list[tuple[float, int, int, int, int, int, int, int]] = []
+    start, c = -lead, 0
+    while True:
+        start += rng.expovariate(conv_rate)
+        if start > span:
+            break
+        s, msgs = conversation()
+        t, length = start, sys_len[s]
+        for k, (user, out) in enumerate(msgs):
+            length += user
+            if 0.0 <= t <= span:
+                rows.append((t, s, c, sys_len[s] // B, length // B, length, out, k))
+            t += out * w.decode_s_per_token + rng.expovariate(1.0 / w.think_s)
+            length += out
+        c += 1
+    rows.sort()
+    return Trace(
+        arrival=[r[0] for r in rows],
+        owner_sys=[r[1] * _SPAN for r in rows],
+        owner_conv=[(w.system_prompts + r[2]) * _SPAN for r in rows],
+        sys_blocks=[r[3] for r in rows],
+        blocks=[r[4] for r in rows],
+        prompt=[r[5] for r in rows],
+        output=[r[6] for r in rows],
+        conv=[r[2] for r in rows],
+        turn=[r[7] for r in rows],
+        measured=[r[0] >= w.warmup_s for r in rows],
+        rate=rate,
+        span=span,
+    )
+
+
+def block_ids(tr: Trace, r: int, limit: int | None = None) -> Iterator[int]:
+    """The request's full blocks as chained ids: a block past the system prompt belongs
+    to the conversation alone (it follows the conversation's own text)."""
+    n = tr.blocks[r] if limit is None else min(limit, tr.blocks[r])
+    ns = min(tr.sys_blocks[r], n)
+    yield from range(tr.owner_sys[r], tr.owner_sys[r] + ns)
+    yield from range(tr.owner_conv[r] + ns, tr.owner_conv[r] + n)
+
+
+class Cache:
+    """One backend's LRU prefix cache; `holders` (block -> backends holding it) is kept
+    only for the oracle."""
+
+    def __init__(self, me: int, capacity: int, holders: dict[int, set[int]] | None) -> None:
+        self.me, self.capacity, self.holders = me, capacity, holders
+        self.lru: OrderedDict[int, None] = OrderedDict()
+
+    def serve(self, blocks: Iterator[int]) -> int:
+        """Leading blocks found, then every block inserted (most recently used)."""
+        lru, holders, hit, hitting = self.lru, self.holders, 0, True
+        for b in blocks:
+            if b in lru:
+                lru.move_to_end(b)
+                hit += hitting
+                continue
+            hitting = False
+            lru[b] = None
+            if holders is not None:
+                holders.setdefault(b, set()).add(self.me)
+            if len(lru) > self.capacity:
+                old, _ = lru.popitem(last=False)
+                if holders is not None:
+                    held = holders[old]
+                    held.discard(self.me)
+                    if not held:
+                        del holders[old]
+        return hit
+
+
+class Oracle:
+    """Longest cached prefix among the backends within the load bound, ties to the least
+    loaded (rotating). Sees the caches; a yardstick, not a deployable policy."""
+
+    def __init__(self, holders: dict[int, set[int]], tr: Trace, load_factor: float) -> None:
+        self.holders, self.tr, self.load_factor, self.turn = holders, tr, load_factor, 0
+
+    def pick(self, backends: list[BackendState], r: int) -> int:
+        n = len(backends)
+        bound = load_bound(sum(b.outstanding for b in backends), n, self.load_factor)
+        best = {i for i, b in enumerate(backends) if b.outstanding < bound}
+        for blk in block_ids(self.tr, r):
+            held = self.holders.get(blk)
+            narrower = best & held if held else None
+            if not narrower:
+                break
+            best = narrower
+        self.turn += 1
+        turn = self.turn
+        return min(best, key=lambda i: (backends[i].outstanding, (i - turn) % n))
+
+
+def make_policy(name: str, load_factor: float) -> Policy:
+    if name == "round_robin":
+        return RoundRobin()
+    if name == "least_outstanding":
+        return LeastOutstanding()
+    if name == "prefix_affinity":
+        return PrefixAffinity(load_factor)
+    if name == "conversation_affinity":
+        return ConversationAffinity(load_factor)
+    raise ValueError(name)
+
+
+def simulate(tr: Trace, n: int, name: str, w: Workload, load_factor: float) -> dict[str, Any]:
+    backends = [BackendState(id=f"backend-{i}") for i in range(n)]
+    index = {id(b): i for i, b in enumerate(backends)}
+    holders: dict[int, set[int]] | None = {} if name == "oracle" else None
+    caches = [Cache(i, w.cache_blocks, holders) for i in range(n)]
+    pick: Callable[[int], int]
+    if holders is not None:
+        oracle = Oracle(holders, tr, load_factor)
+
+        def pick(r: int) -> int:
+            return oracle.pick(backends, r)
+    else:
+        policy = make_policy(name, load_factor)
+
+        def pick(r: int) -> int:
+            key = RoutingKey(tuple(block_ids(tr, r, w.key_blocks)), f"conv-{tr.conv[r]}")
+            chosen = policy.choose(backends, key)
+            policy.on_routed(chosen, key)
+            return index[id(chosen)]
+
+    free = [w.slots] * n
+    waiting: list[deque[int]] = [deque() for _ in range(n)]
+    running: list[tuple[float, int, int]] = []  # (finish time, request, backend)
+    busy = [0.0] * n
+    hits = [0] * len(tr.arrival)
+    waits: list[float] = []
+    choose_s = 0.0
+
+    def start(r: int, i: int, now: float) -> None:
+        hit = hits[r] = caches[i].serve(block_ids(tr, r)) * w.block_tokens
+        service = (tr.prompt[r] - hit) * w.prefill_s_per_token
+        service += tr.output[r] * w.decode_s_per_token
+        heapq.heappush(running, (now + service, r, i))
+        if tr.measured[r]:
+            busy[i] += service
+            waits.append(now - tr.arrival[r])
+
+    def finish_until(t: float) -> None:
+        while running and running[0][0] <= t:
+            done, _, i = heapq.heappop(running)
+            backends[i].outstanding -= 1
+            if waiting[i]:
+                start(waiting[i].popleft(), i, done)
+            else:
+                free[i] += 1
+
+    for r, t in enumerate(tr.arrival):
+        finish_until(t)
+        t0 = time.perf_counter()
+        i = pick(r)
+        choose_s += time.perf_counter() - t0
+        backends[i].outstanding += 1
+        if free[i]:
+            free[i] -= 1
+            start(r, i, t)
+        else:
+            waiting[i].append(r)
+    finish_until(math.inf)
+
+    waits.sort()
+    mean_busy = statistics.fmean(busy)
+
+    def hit_rate(where: Callable[[int], bool]) -> float:
+        rs = [r for r in range(len(hits)) if tr.measured[r] and where(r)]
+        return sum(hits[r] for r in rs) / max(1, sum(tr.prompt[r] for r in rs))
+
+    measured_span = tr.span - w.warmup_s
+    return {
+        "policy": name,
+        "hit_rate": hit_rate(lambda r: True),
+        "hit_rate_first_turns": hit_rate(lambda r: tr.turn[r] == 0),
+        "hit_rate_later_turns": hit_rate(lambda r: tr.turn[r] > 0),
+        # the key covers only the system prompt: it cannot tell conversations apart
+        "hit_rate_system_prompt_past_key": hit_rate(lambda r: tr.sys_blocks[r] >= w.key_blocks),
+        "load_max_over_mean": max(busy) / mean_busy,
+        "utilisation": sum(busy) / (n * w.slots * measured_span),
+        "wait_p50_ms": 1000 * waits[len(waits) // 2],
+        "wait_p99_ms": 1000 * waits[int(len(waits) * 0.99)],
+        "choose_us": 1e6 * choose_s / len(tr.arrival),
+        "measured_requests": len(waits),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="8,64,1000")
+    ap.add_argument("--requests-per-backend", default="400,200,100", help="one, or one per size")
+    ap.add_argument("--policies", default=",".join([*POLICIES, "oracle"]))
+    ap.add_argument("--load-factor", type=float, default=1.25)
+    ap.add_argument("--seed", type=int, default=0)
+    defaults = Workload()
+    for field in Workload.__dataclass_fields__:
+        value = getattr(defaults, field)
+        ap.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/routing_sim.json"))
+    args = ap.parse_args()
+    w = Workload(**{f: getattr(args, f) for f in Workload.__dataclass_fields__})
+    sizes = [int(x) for x in args.backends.split(",")]
+    per = [int(x) for x in args.requests_per_backend.split(",")]
+    per = per * len(sizes) if len(per) == 1 else per
+    names = args.policies.split(",")
+
+    rows: list[dict[str, Any]] = []
+    header = (
+        f"{'backends':>8} {'policy':<22} {'hit':>6} {'/oracle':>7} {'max/mean':>8} "
+        f"{'util':>5} {'wait p50':>9} {'wait p99':>9} {'choose':>8}"
+    )
+    print(header)
+    for n, rpb in zip(sizes, per, strict=True):
+        tr = make_trace(n, n * rpb, w, args.seed)
+        results = [simulate(tr, n, name, w, args.load_factor) for name in names]
+        oracle = next((x["hit_rate"] for x in results if x["policy"] == "oracle"), math.nan)
+        for x in results:
+            x.update(backends=n, requests=len(tr.arrival), vs_oracle=x["hit_rate"] / oracle)
+            rows.append(x)
+            print(
+                f"{n:>8} {x['policy']:<22} {x['hit_rate']:>6.1%} {x['vs_oracle']:>7.1%} "
+                f"{x['load_max_over_mean']:>8.2f} {x['utilisation']:>5.0%} "
+                f"{x['wait_p50_ms']:>7.0f}ms {x['wait_p99_ms']:>7.0f}ms "
+                f"{x['choose_us']:>6.0f}us",
+                flush=True,
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"python": platform.python_version(), "seed": args.seed, "argv": sys.argv[1:]}
+    payload = {"workload": asdict(w), "load_factor": args.load_factor, "meta": meta}
+    args.out.write_text(json.dumps({**payload, "results": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
