@@ -18,9 +18,12 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.response import Stream
+from opentelemetry.trace import SpanKind, Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway import telemetry
 from gateway.auth import Authenticator
 from gateway.call import Call, Endpoint, Reply
 from gateway.chain import Chain, ChainObserver
@@ -60,6 +63,8 @@ class Gateway:
     auth: Authenticator = field(default_factory=lambda: Authenticator({}))
     plugins: list[Plugin] = field(default_factory=list)  # each instance once
     metrics: GatewayMetrics | None = None
+    tracer: Tracer | None = None  # OpenTelemetry (gateway/telemetry.py); None: off
+    capture_content: bool = False  # prompt/completion text on spans
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -74,7 +79,9 @@ class Gateway:
         self, entries: dict[str, list[Any]], observer: ChainObserver | None = None
     ) -> None:
         """entries: model -> its ChainEntries (plugin_loader.build_chain)."""
-        self.chains = {m: Chain(entries.get(m, []), self.send, observer) for m in self.targets}
+        self.chains = {
+            m: Chain(entries.get(m, []), self.send, observer, self.tracer) for m in self.targets
+        }
 
     def target(self, model: str) -> ModelTarget:
         target = self.targets.get(model)
@@ -98,6 +105,20 @@ class Gateway:
         target = call.target
         assert target is not None
         backend = call.state.get(BACKEND) or _first_available(target)
+        if self.tracer is None:
+            return await self._send(call, target, backend)
+        model = target.upstream_model or call.model
+        attrs = {
+            "gen_ai.operation.name": telemetry.operation(call),
+            "gen_ai.request.model": model,
+            "server.address": backend.id,
+            "llm_gateway.backend.group": backend.group,
+        }
+        name = f"{telemetry.operation(call)} {model}"
+        with self.tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs):
+            return await self._send(call, target, backend)
+
+    async def _send(self, call: Call, target: ModelTarget, backend: Backend) -> Reply:
         began = time.perf_counter()
         try:
             if call.endpoint == "chat.completions":
@@ -175,12 +196,30 @@ async def _serve(
         started=started,
     )
     metrics = gw.metrics
+    span = (
+        None
+        if gw.tracer is None
+        else telemetry.start_request_span(gw.tracer, call, gw.capture_content)
+    )
     try:
-        reply = await gw.chains[call.model].run(call)
-    except OpenAIError as exc:
-        if metrics is not None:
+        if span is None:
+            reply = await gw.chains[call.model].run(call)
+        else:
+            with telemetry.use_span(span):
+                reply = await gw.chains[call.model].run(call)
+    except BaseException as exc:
+        if metrics is not None and isinstance(exc, OpenAIError):
             metrics.answered(call, exc.status_code)
+        if span is not None:
+            telemetry.record_error(span, exc)
+            span.end()
         raise
+    if span is not None:
+        if reply.stream is None:
+            telemetry.record_body(span, reply, gw.capture_content)
+            span.end()
+        else:
+            reply.stream = telemetry.traced_stream(span, reply.stream, gw.capture_content)
     own = time.perf_counter() - started - call.state.get(UPSTREAM_SECONDS, 0.0)
     headers = {**reply.headers, OVERHEAD_HEADER: f"{own * 1e3:.3f}"}
     if metrics is not None:
@@ -217,7 +256,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/models/{model:path}")
-async def retrieve_model(request: Request[Any, Any, Any], model: str) -> Response[bytes]:
+async def retrieve_model(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[bytes]:
     gw = _gateway(request)
     gw.auth.tenant(request.headers.get("authorization"))
     name = model.lstrip("/")

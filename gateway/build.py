@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from opentelemetry.trace import Tracer
+
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.chain import ChainObserver
@@ -27,6 +29,7 @@ def build_gateway(
     plugins: Mapping[str, type[Plugin]] | None = None,
     observer: ChainObserver | None = None,
     environ: Mapping[str, str] | None = None,
+    tracer: Tracer | None = None,
 ) -> Gateway:
     """engine: the in-process engine upstream when one runs, serving `engine_model`.
     With no models configured, that model is served through an engine group of its own.
@@ -46,7 +49,12 @@ def build_gateway(
     }
     if not targets:
         raise ConfigError("models: nothing to serve (configure [[models]] or run the engine)")
-    gw = Gateway(targets, auth=Authenticator(config.api_keys(env)))
+    gw = Gateway(
+        targets,
+        auth=Authenticator(config.api_keys(env)),
+        tracer=tracer,
+        capture_content=config.telemetry.capture_content,
+    )
     available = discover() if plugins is None else dict(plugins)
     instances: dict[tuple[str, str], Plugin] = {}
     chains = {}

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry.trace import Tracer
+
 from gateway.call import Call, Chunk, Reply
 from gateway.plugin import Hook, Plugin, overrides
 
@@ -65,6 +67,7 @@ class Chain:
         entries: Sequence[ChainEntry],
         terminal: Terminal,
         observer: ChainObserver | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.names = [e.name for e in entries]
         self._links = [_Link(e) for e in entries]
@@ -72,6 +75,7 @@ class Chain:
         self._chunkers = [link for link in reversed(self._links) if link.on_chunk is not None]
         self._terminal = terminal
         self._observer = observer or _Quiet()
+        self._tracer = tracer  # a span per plugin when set
 
     async def run(self, call: Call) -> Reply:
         reply = await self._step(0, call)
@@ -100,7 +104,11 @@ class Chain:
 
         began = time.perf_counter()
         try:
-            reply: Reply = await link.handle(call=call, call_next=call_next)
+            if self._tracer is None:
+                reply: Reply = await link.handle(call=call, call_next=call_next)
+            else:
+                with self._tracer.start_as_current_span(f"plugin {link.name}"):
+                    reply = await link.handle(call=call, call_next=call_next)
         except Exception as exc:
             seconds = time.perf_counter() - began
             if any(exc is e for e in raised):  # came from below: not this plugin's failure

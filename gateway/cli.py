@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--config", type=Path, default=None,
         help="gateway config file, TOML or YAML (upstreams, models, plugins, auth); "
         "its [engine] section, when present, replaces the engine flags below",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="gateway processes sharing the port (only without the in-process engine: each "
+        "worker routes on its own, and /metrics shows the worker that answers)",
     )  # fmt: skip
     p.add_argument("--host", default=None, help="default: [server] host, else 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: [server] port, else 8000")
@@ -162,25 +168,64 @@ def _serve(args: argparse.Namespace) -> int:
         upstream, name, registry = loaded
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    if args.workers > 1:
+        if wants_engine:
+            print("llm-gateway: --workers needs a config without the engine", file=sys.stderr)
+            return 1
+        os.environ[_CONFIG_ENV] = str(args.config.resolve())
+        print(f"llm-gateway: {args.workers} workers at http://{host}:{port}/v1", file=sys.stderr)
+        uvicorn.run(
+            "gateway.cli:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+        )
+        return 0
     if args.command == "backend":
         assert upstream is not None and name is not None
         gateway = Gateway.single(upstream, name)
     else:
-        from gateway.build import build_gateway
-        from gateway.metrics import GatewayMetrics
-
-        metrics = GatewayMetrics(registry)
         try:
-            gateway = build_gateway(config, upstream, name, observer=metrics)
+            gateway = _gateway(config, upstream, name, registry)
         except ConfigError as exc:
             print(f"llm-gateway: {exc}", file=sys.stderr)
             return 1
-        gateway.metrics = metrics
     app = create_app(gateway, registry)
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
     return 0
+
+
+_CONFIG_ENV = "LLM_GATEWAY_WORKER_CONFIG"
+
+
+def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: Any) -> Any:
+    from gateway.build import build_gateway
+    from gateway.metrics import GatewayMetrics
+    from gateway.telemetry import tracer_from_config
+
+    metrics = GatewayMetrics(registry)
+    gateway = build_gateway(
+        config, upstream, name, observer=metrics, tracer=tracer_from_config(config.telemetry)
+    )
+    gateway.metrics = metrics
+    return gateway
+
+
+def worker_app() -> Any:
+    """One worker's app (uvicorn --workers): the config file named by the parent."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import create_app
+    from gateway.config import load_config
+
+    registry = CollectorRegistry()
+    config = load_config(Path(os.environ[_CONFIG_ENV]))
+    return create_app(_gateway(config, None, None, registry), registry)
 
 
 def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:
