@@ -98,6 +98,7 @@ class GatewayMetrics:
             raise
         finally:
             self.answered(call, status, usage)
+            await _close(stream)
 
 
 def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
@@ -106,3 +107,9 @@ def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
     if child is None:
         child = cache[key] = metric.labels(*labels)
     return child
+
+
+async def _close(stream: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:  # now, not when the collector gets to it: stops the upstream
+        await aclose()

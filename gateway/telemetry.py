@@ -121,6 +121,9 @@ async def traced_stream(
         if capture_content:
             span.set_attribute("gen_ai.output.messages", json.dumps(["".join(parts)]))
         span.end()
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:  # now, not when the collector gets to it: stops the upstream
+            await aclose()
 
 
 def use_span(span: Span) -> Any:
