@@ -71,3 +71,11 @@ class Reply:
     @property
     def is_stream(self) -> bool:
         return self.stream is not None
+
+
+async def close_stream(stream: AsyncIterator[Any]) -> None:
+    """Closes an async generator now, running its `finally` blocks down the chain (so an
+    upstream stops generating), rather than whenever the garbage collector gets to it."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from opentelemetry.trace import Tracer
 
-from gateway.call import Call, Chunk, Reply
+from gateway.call import Call, Chunk, Reply, close_stream
 from gateway.plugin import Hook, Plugin, overrides
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,4 @@ class Chain:
                         log.warning("optional plugin %s on_chunk failed: %r", link.name, exc)
                 yield chunk
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()  # a client that went away stops the generation below
+            await close_stream(stream)  # a client that went away stops the generation below

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.call import Call, Chunk
+from gateway.call import Call, Chunk, close_stream
 from gateway.targets import Backend
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -98,7 +98,7 @@ class GatewayMetrics:
             raise
         finally:
             self.answered(call, status, usage)
-            await _close(stream)
+            await close_stream(stream)
 
 
 def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
@@ -107,9 +107,3 @@ def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
     if child is None:
         child = cache[key] = metric.labels(*labels)
     return child
-
-
-async def _close(stream: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:  # now, not when the collector gets to it: stops the upstream
-        await aclose()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from gateway.call import close_stream
 from gateway.errors import OpenAIError
 from gateway.schemas import ErrorBody, ErrorResponse
 
@@ -39,9 +40,7 @@ async def encode_sse(chunks: AsyncIterator[msgspec.Struct]) -> AsyncIterator[byt
         )
         return
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()  # stops the upstream generation if the client went away
+        await close_stream(chunks)  # stops the upstream generation if the client went away
     yield DONE
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from gateway.call import Call, Chunk, Reply
+from gateway.call import Call, Chunk, Reply, close_stream
 from gateway.config import TelemetryConfig
 from gateway.schemas import ChatChoice, ChatCompletionRequest
 
@@ -121,9 +121,7 @@ async def traced_stream(
         if capture_content:
             span.set_attribute("gen_ai.output.messages", json.dumps(["".join(parts)]))
         span.end()
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:  # now, not when the collector gets to it: stops the upstream
-            await aclose()
+        await close_stream(stream)
 
 
 def use_span(span: Span) -> Any:

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 
 from gateway.app import BACKEND, Gateway
-from gateway.call import Call, Chunk, Reply
+from gateway.call import Call, Chunk, Reply, close_stream
 from gateway.errors import UpstreamError
 from gateway.plugin import Next, Plugin
 from gateway.schemas import ChatCompletionRequest
@@ -172,6 +172,4 @@ class Routing(Plugin):
                 backend.breaker.record_success(time.monotonic())
             else:
                 backend.breaker.release()
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_stream(stream)
