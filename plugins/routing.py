@@ -154,6 +154,8 @@ class Routing(Plugin):
         status = exc.upstream_status
         if status is None or status >= 500 or status == 429:
             backend.breaker.record_failure(now)
+        else:  # it answered properly (the request was wrong): the backend is healthy
+            backend.breaker.record_success(now)
         if exc.retry_after is not None:
             backend.breaker.hold_until(now + exc.retry_after)
 

@@ -164,3 +164,16 @@ async def test_the_routing_plugin_passes_the_conformance_kit() -> None:
     from plugins.routing import Routing
 
     await check_plugin(Routing())
+
+
+def test_a_probe_answered_with_a_client_error_closes_the_breaker() -> None:
+    """The backend answered (the request was wrong): it is healthy again, not stuck probing."""
+    from gateway.targets import Backend
+    from plugins.routing import Routing
+
+    backend = Backend(id="b")
+    backend.breaker.failure_threshold = 1
+    backend.breaker.record_failure(0.0)
+    assert backend.breaker.allow(backend.breaker.open_until)  # the probe goes out
+    Routing()._failed(backend, UpstreamError("bad", status_code=400, upstream_status=400))
+    assert backend.breaker.state == "closed"

@@ -14,6 +14,7 @@ from policies.routing import (
     Weighted,
     first_healthy_group,
     load_bound,
+    prefix_boundaries,
     prefix_hash_chain,
     stable_hash,
 )
@@ -34,7 +35,29 @@ def test_hash_chain_is_deterministic_and_chained() -> None:
     assert len(a) == 3  # full blocks only
     assert a[:2] == b[:2] and a[2] != b[2]  # shared leading blocks, then they part
     assert prefix_hash_chain([1, 2, 3, 4], 2, 8) == prefix_hash_chain([1, 2, 3, 4], 2, 8)
-    assert prefix_hash_chain("x" * 100, 8, 4) == prefix_hash_chain("x" * 40, 8, 4)
+    capped = prefix_hash_chain("x" * 100, 8, 4, tail=False)
+    assert (
+        capped
+        == prefix_hash_chain("x" * 40, 8, 4, tail=False)
+        == prefix_hash_chain("x" * 100, 8, 4)[:4]
+    )
+
+
+def test_hash_chain_tail_reaches_the_end_of_a_long_prompt() -> None:
+    # two conversations behind one long system prompt: a key cut at max_blocks would be
+    # the same for both; the tail's boundaries (~6% apart) reach their own text
+    system = "S" * 64 * 200
+    a = prefix_hash_chain(system + "user A asks about the weather" * 60, 64, 64)
+    b = prefix_hash_chain(system + "user B wants a poem about cats" * 60, 64, 64)
+    assert len(a) > 64 and a[:64] == b[:64] and a[-1] != b[-1]
+    assert prefix_boundaries(10, 64) == list(range(1, 11))
+    assert prefix_boundaries(100, 64) == [*range(1, 65), 68, 72, 76, 80, 85, 90, 95, 100]
+    assert prefix_boundaries(100, 64, tail=False) == list(range(1, 65))
+    assert len(prefix_boundaries(1_000_000, 64)) < 64 + 12 * 14  # ~11 per doubling
+    # a prompt that extends another has every boundary of it: the next turn finds its last
+    turn1 = prefix_hash_chain(system + "question" * 40, 64, 64)
+    turn2 = prefix_hash_chain(system + "question" * 40 + "answer, next question" * 40, 64, 64)
+    assert turn1[-1] in turn2
 
 
 def test_round_robin_spreads_evenly() -> None:
@@ -281,3 +304,18 @@ def test_first_healthy_group_falls_back_in_order() -> None:
     assert first_healthy_group([primary, secondary], lambda b: b.id not in down) == [secondary[1]]
     assert first_healthy_group([primary, secondary], lambda b: True) == primary
     assert first_healthy_group([primary, secondary], lambda b: False) == []
+
+
+def test_a_shared_prefix_is_not_worth_an_above_average_backend() -> None:
+    backends, policy = _backends(8), PrefixAffinity(load_factor=2.0)
+    alice = _key("common system prompt.. user alice")
+    bob = _key("common system prompt.. user bob..")
+    policy.on_routed(backends[0], alice)
+    policy.on_routed(backends[1], bob)  # the system prompt's blocks: two holders
+    for b in backends:
+        b.outstanding = 2 if b in backends[:2] else 1  # mean 1.25; bound 3
+    carol = _key("common system prompt.. user carol")
+    assert policy.choose(backends, carol) not in backends[:2]  # the least loaded instead
+    assert policy.choose(backends, alice) is backends[0]  # alice's own prompt sticks
+    backends[0].outstanding = backends[1].outstanding = 1  # holders back at the mean
+    assert policy.choose(backends, carol) in backends[:2]
