@@ -23,10 +23,6 @@ CompletionResult = Completion | AsyncIterator[Completion]
 
 
 class Upstream(Protocol):
-    def model_ids(self) -> list[str]:
-        """The model names this upstream serves (what clients put in `model`)."""
-        ...
-
     # upstream_model: the name to send upstream when the config aliases the model
     # (remote servers); an in-process engine serves one model and ignores it.
     async def chat(

@@ -80,9 +80,6 @@ class EngineUpstream:
         self.fingerprint = f"llm-gateway-{engine.dtype}".replace("torch.", "")
         self.logprobs = LogprobFormatter(engine.tokenizer)
 
-    def model_ids(self) -> list[str]:
-        return [self.model_name]
-
     async def ready(self) -> bool:
         return True
 

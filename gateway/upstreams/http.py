@@ -78,9 +78,6 @@ class HttpUpstream:
         self._urls = {p: httpx.URL(self.base_url + p) for p in _PATHS}
         self._encoder = msgspec.json.Encoder()
 
-    def model_ids(self) -> list[str]:
-        return []  # models are named in config, not discovered
-
     async def chat(
         self, request: ChatCompletionRequest, upstream_model: str | None = None
     ) -> ChatResult:
