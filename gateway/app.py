@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -163,13 +164,6 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     return gw
 
 
-async def _decode(request: Request[Any, Any, Any], type_: type[T]) -> T:
-    try:
-        return msgspec.json.decode(await request.body(), type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid_body(exc) from exc
-
-
 def _json(payload: msgspec.Struct, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(
         msgspec.json.encode(payload),
@@ -179,19 +173,24 @@ def _json(payload: msgspec.Struct, headers: dict[str, str] | None = None) -> Res
     )
 
 
-async def _serve(
-    request: Request[Any, Any, Any], endpoint: Endpoint, type_: type[Any]
-) -> Response[bytes] | Stream:
+async def serve_call(
+    gw: Gateway, endpoint: Endpoint, type_: type[Any], raw: bytes, headers: Mapping[str, str]
+) -> tuple[Reply, dict[str, str]]:
+    """One generation request, whatever serves HTTP: auth, decode, the model's chain,
+    metrics and tracing. Returns the reply (its stream wrapped for metrics and tracing)
+    and the response headers; raises OpenAIError for answers in OpenAI's error shape."""
     started = time.perf_counter()
-    gw = _gateway(request)
-    tenant = gw.auth.tenant(request.headers.get("authorization"))
-    body = await _decode(request, type_)
+    tenant = gw.auth.tenant(headers.get("authorization"))
+    try:
+        body = msgspec.json.decode(raw, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid_body(exc) from exc
     call = Call(
         endpoint=endpoint,
         request=body,
         tenant=tenant,
-        headers=request.headers,
-        conversation_id=request.headers.get("x-conversation-id"),
+        headers=headers,
+        conversation_id=headers.get("x-conversation-id"),
         target=gw.target(body.model),
         started=started,
     )
@@ -221,17 +220,27 @@ async def _serve(
         else:
             reply.stream = telemetry.traced_stream(span, reply.stream, gw.capture_content)
     own = time.perf_counter() - started - call.state.get(UPSTREAM_SECONDS, 0.0)
-    headers = {**reply.headers, OVERHEAD_HEADER: f"{own * 1e3:.3f}"}
+    out_headers = {**reply.headers, OVERHEAD_HEADER: f"{own * 1e3:.3f}"}
     if metrics is not None:
         metrics.observe_overhead(call.model, own)
-    if reply.body is not None:
-        if metrics is not None:
+        if reply.body is not None:
             metrics.answered(call, 200, reply.body.usage)
+        else:
+            assert reply.stream is not None
+            reply.stream = metrics.watch_stream(call, reply.stream)
+    return reply, out_headers
+
+
+async def _serve(
+    request: Request[Any, Any, Any], endpoint: Endpoint, type_: type[Any]
+) -> Response[bytes] | Stream:
+    raw = await request.body()
+    reply, headers = await serve_call(_gateway(request), endpoint, type_, raw, request.headers)
+    if reply.body is not None:
         return _json(reply.body, headers)
     assert reply.stream is not None
-    stream = reply.stream if metrics is None else metrics.watch_stream(call, reply.stream)
     return Stream(
-        encode_sse(stream),
+        encode_sse(reply.stream),
         status_code=200,
         media_type="text/event-stream",
         headers=SSE_HEADERS | headers,

@@ -145,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import Gateway, create_app
     from gateway.config import ConfigError, load_config
+    from gateway.fast_path import FastRoutes
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -193,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"llm-gateway: {exc}", file=sys.stderr)
             return 1
-    app = create_app(gateway, registry)
+    app = FastRoutes(create_app(gateway, registry), gateway)
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
@@ -222,10 +223,12 @@ def worker_app() -> Any:
 
     from gateway.app import create_app
     from gateway.config import load_config
+    from gateway.fast_path import FastRoutes
 
     registry = CollectorRegistry()
     config = load_config(Path(os.environ[_CONFIG_ENV]))
-    return create_app(_gateway(config, None, None, registry), registry)
+    gateway = _gateway(config, None, None, registry)
+    return FastRoutes(create_app(gateway, registry), gateway)
 
 
 def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:
