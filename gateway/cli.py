@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from backend.speculative import PROPOSERS, SpeculativeConfig
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from backend.engine import EngineConfig
+    from gateway.config import EngineSection, GatewayConfig
 
 log = logging.getLogger("llm_gateway")
 
@@ -112,15 +113,56 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def _speculative(args: argparse.Namespace) -> SpeculativeConfig | None:
-    if args.speculative is None:
-        return None
-    return SpeculativeConfig(
-        method=args.speculative,
-        max_draft_tokens=args.num_speculative_tokens,
-        default_on=not args.speculative_opt_in,
-        adaptive=not args.no_adaptive_speculation,
+def _engine_section(args: argparse.Namespace) -> EngineSection:
+    """The command-line engine flags as a config [engine] section (one path from here on)."""
+    from gateway.config import EngineSection
+
+    return EngineSection(
+        model=str(args.model) if args.model is not None else None,
+        served_model_name=args.served_model_name,
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        kv_cache_gb=args.kv_cache_gb,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        prefix_caching=not args.no_prefix_caching,
+        int8_decode=args.int8_decode,
+        kernels=args.kernels,
+        speculative=args.speculative,
+        num_speculative_tokens=args.num_speculative_tokens,
+        speculative_opt_in=args.speculative_opt_in,
+        adaptive_speculation=not args.no_adaptive_speculation,
         self_draft_layers=args.self_draft_layers,
+    )
+
+
+def _engine_config(section: EngineSection, model_path: Path) -> EngineConfig:
+    from backend.engine import EngineConfig
+
+    speculative = None
+    if section.speculative is not None:
+        speculative = SpeculativeConfig(
+            method=section.speculative,
+            max_draft_tokens=section.num_speculative_tokens,
+            default_on=not section.speculative_opt_in,
+            adaptive=section.adaptive_speculation,
+            self_draft_layers=section.self_draft_layers,
+        )
+    return EngineConfig(
+        model=model_path,
+        dtype=section.dtype,
+        device=section.device,
+        max_model_len=section.max_model_len,
+        block_size=section.block_size,
+        kv_cache_gb=section.kv_cache_gb,
+        max_num_seqs=section.max_num_seqs,
+        max_num_batched_tokens=section.max_num_batched_tokens,
+        enable_prefix_caching=section.prefix_caching,
+        int8_decode=section.int8_decode,
+        kernels=section.kernels,
+        speculative=speculative,
     )
 
 
@@ -234,14 +276,13 @@ def worker_app() -> Any:
 def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:
     """Loads the bundled engine: settings from the config's [engine] section when it has
     one, else from the command-line flags. None (after printing why) when it cannot."""
-    from backend.engine import Engine, EngineConfig
+    from backend.engine import Engine
     from backend.model_store import DEFAULT_MODEL, ModelFetchError, pull
     from gateway.upstreams.engine import EngineUpstream
 
-    section = config.engine
-    model_arg = Path(section.model) if section and section.model else args.model
-    served = (section.served_model_name if section else None) or args.served_model_name
-    if model_arg is None:
+    section = config.engine or _engine_section(args)
+    served = section.served_model_name
+    if section.model is None:
         try:
             model_path = pull()
         except ModelFetchError as exc:
@@ -249,44 +290,13 @@ def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any,
             return None
         name = served or DEFAULT_MODEL.name
     else:
-        model_path = model_arg.expanduser()
+        model_path = Path(section.model).expanduser()
         if not model_path.exists():
             print(f"llm-gateway: model path {model_path} does not exist", file=sys.stderr)
             return None
         name = served or (model_path.name if model_path.is_dir() else model_path.stem)
     try:
-        if section is not None:
-            engine_config = EngineConfig(
-                model=model_path,
-                dtype=section.dtype,
-                device=section.device,
-                max_model_len=section.max_model_len,
-                kv_cache_gb=section.kv_cache_gb,
-                max_num_seqs=section.max_num_seqs,
-                max_num_batched_tokens=section.max_num_batched_tokens,
-                enable_prefix_caching=section.prefix_caching,
-                kernels=section.kernels,
-                speculative=SpeculativeConfig(
-                    method=section.speculative, max_draft_tokens=section.num_speculative_tokens
-                )
-                if section.speculative
-                else None,
-            )
-        else:
-            engine_config = EngineConfig(
-                model=model_path,
-                dtype=args.dtype,
-                device=args.device,
-                max_model_len=args.max_model_len,
-                block_size=args.block_size,
-                kv_cache_gb=args.kv_cache_gb,
-                max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens,
-                enable_prefix_caching=not args.no_prefix_caching,
-                int8_decode=args.int8_decode,
-                kernels=args.kernels,
-                speculative=_speculative(args),
-            )
+        engine_config = _engine_config(section, model_path)
         log.info("loading %s", model_path)
         engine = Engine.from_config(engine_config)
     except (ValueError, FileNotFoundError) as exc:

@@ -70,10 +70,15 @@ class EngineSection(_Section, frozen=True):
     kv_cache_gb: Annotated[float, Meta(gt=0)] | None = None
     max_num_seqs: Annotated[int, Meta(gt=0)] = 64
     max_num_batched_tokens: Annotated[int, Meta(gt=0)] = 1024
+    block_size: Annotated[int, Meta(gt=0)] = 16
     prefix_caching: bool = True
+    int8_decode: bool = False
     kernels: Literal["auto", "torch"] = "auto"
     speculative: Literal["ngram", "self-draft"] | None = None
     num_speculative_tokens: Annotated[int, Meta(ge=1, le=32)] = 8
+    speculative_opt_in: bool = False  # only requests that send "speculative": true
+    adaptive_speculation: bool = True
+    self_draft_layers: Annotated[int, Meta(ge=1)] = 8
 
 
 class BackendConfig(_Section, frozen=True):
