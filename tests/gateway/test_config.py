@@ -130,7 +130,7 @@ def test_engine_section_and_flags_build_the_same_engine_config(tmp_path: Path) -
     """`[engine]` and the command-line flags go through one path (gateway/cli.py)."""
     import argparse
 
-    from gateway.cli import _engine_config, _engine_section, main  # noqa: F401
+    from gateway.cli import _engine_config, _engine_section
 
     config = load_config(
         _write(tmp_path, '[engine]\nspeculative = "ngram"\nspeculative_opt_in = true\n'), {}
