@@ -20,6 +20,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_up(
+    proc: subprocess.Popen[bytes], url: str, seconds: float, what: str, log: Path | None = None
+) -> None:
+    """Polls GET `url` until it answers 200; fails the test (with the log) if the process
+    exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            output = log.read_text() if log else (proc.stderr.read() if proc.stderr else b"")
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{output!r}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start:\n{log.read_text() if log else ''}")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes], seconds: float) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def server_url(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `llm-gateway serve` process on a loopback port."""
@@ -49,26 +77,11 @@ def server_url(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not become healthy:\n{log.read_text()}")
-            time.sleep(0.2)
+        wait_until_up(proc, url + "/health", 120, "server", log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 20)
 
 
 @pytest.fixture
@@ -85,24 +98,11 @@ def mock_upstream() -> Iterator[Callable[..., str]]:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mock upstream exited: {proc.stderr.read() if proc.stderr else ''!r}")
-            try:
-                httpx.get(url + "/models", timeout=1)
-                return url
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    pytest.fail("mock upstream did not start")
-                time.sleep(0.05)
+        wait_until_up(proc, url + "/models", 20, "mock upstream")
+        return url
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 5)
         if proc.stderr is not None:
             proc.stderr.close()

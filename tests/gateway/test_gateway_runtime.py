@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.conftest import _free_port
+from tests.gateway.conftest import _free_port, stop, wait_until_up
 
 Start = Callable[..., str]
 
@@ -39,26 +39,12 @@ def gateway(tmp_path: Path) -> Iterator[Callable[[str], str]]:
             )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gateway exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+        wait_until_up(proc, url + "/health", 30, "gateway", log)
+        return url
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 10)
 
 
 def _config(groups: dict[str, list[str]], models: str, extra: str = "") -> str:
