@@ -141,11 +141,12 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(status, str(exc.detail), type_)
 
 
+SERVER_ERROR_MESSAGE = "The server had an error while processing your request."
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        500, "The server had an error while processing your request.", "server_error"
-    )
+    return error_response(500, SERVER_ERROR_MESSAGE, "server_error")
 
 
 EXCEPTION_HANDLERS = {

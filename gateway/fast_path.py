@@ -22,7 +22,7 @@ import msgspec
 
 from gateway.app import SSE_HEADERS, Gateway, serve_call
 from gateway.call import Endpoint, close_stream
-from gateway.errors import OpenAIError
+from gateway.errors import SERVER_ERROR_MESSAGE, OpenAIError
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
 from gateway.sse import encode_sse
 
@@ -77,8 +77,7 @@ class FastRoutes:
             return
         except Exception:
             log.exception("unhandled error on POST %s", scope["path"])
-            message_text = "The server had an error while processing your request."
-            await self._error(send, 500, message_text, "server_error", None, None)
+            await self._error(send, 500, SERVER_ERROR_MESSAGE, "server_error", None, None)
             return
         out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         if reply.body is not None:
