@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -44,8 +44,13 @@ from gateway.schemas import (
     ModelList,
 )
 from gateway.sse import encode_sse
+from gateway.stores.fail_open import FailOpenStore
+from gateway.stores.memory import MemoryStore
 from gateway.targets import Backend, Group, ModelTarget
 from gateway.upstreams.base import Upstream
+
+if TYPE_CHECKING:
+    from gateway.embeddings import Embedder
 
 T = TypeVar("T")
 
@@ -66,6 +71,14 @@ class Gateway:
     metrics: GatewayMetrics | None = None
     tracer: Tracer | None = None  # OpenTelemetry (gateway/telemetry.py); None: off
     capture_content: bool = False  # prompt/completion text on spans
+    # Where caches and conversations keep state; fails open (gateway/stores/).
+    store: FailOpenStore = field(default_factory=lambda: FailOpenStore(MemoryStore()))
+    # The local embedding model (gateway/embeddings.py), loaded on first use by
+    # load_embedder() from the factory (a gateway that never embeds never pays for it).
+    embedder: Embedder | None = None
+    embedder_factory: Callable[[], Awaitable[Embedder]] | None = None
+    embedder_names: frozenset[str] = frozenset()  # model names /v1/embeddings answers to
+    _embedder_loading: asyncio.Future[Embedder] | None = None
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -136,6 +149,20 @@ class Gateway:
             return Reply(body=result)  # type: ignore[arg-type]
         return Reply(stream=result)
 
+    async def load_embedder(self) -> Embedder | None:
+        """The embedder, loading it (model into memory, worker thread started) on the
+        first call; concurrent first callers share one load. None when not configured."""
+        if self.embedder is not None or self.embedder_factory is None:
+            return self.embedder
+        if self._embedder_loading is None:
+            self._embedder_loading = asyncio.ensure_future(self.embedder_factory())
+        try:
+            self.embedder = await asyncio.shield(self._embedder_loading)
+        except Exception:
+            self._embedder_loading = None  # a later call tries again
+            raise
+        return self.embedder
+
     async def startup(self) -> None:
         for plugin in self.plugins:
             await plugin.startup(gateway=self)
@@ -143,6 +170,11 @@ class Gateway:
     async def close(self) -> None:
         for plugin in reversed(self.plugins):
             await plugin.shutdown()
+        if self._embedder_loading is not None and not self._embedder_loading.done():
+            self._embedder_loading.cancel()
+        if self.embedder is not None:
+            await self.embedder.close()
+        await self.store.close()
         upstreams = {id(b.upstream): b.upstream for b in self.backends() if b.upstream}
         await asyncio.gather(*(u.close() for u in upstreams.values()))
 
@@ -293,7 +325,16 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
         for name, t in gw.targets.items()
     }
     ok = all(models.values())
-    payload = {"status": "ready" if ok else "unavailable", "models": models, "backends": checks}
+    # A failing store does not make the gateway unready (caches step aside, requests go
+    # on) but it is worth a look: "degraded".
+    store_ok = await gw.store.check()
+    status = ("ready" if store_ok else "degraded") if ok else "unavailable"
+    payload = {
+        "status": status,
+        "models": models,
+        "backends": checks,
+        "store": {"kind": gw.store.kind, "ok": store_ok, "error": gw.store.last_error},
+    }
     return Response(
         msgspec.json.encode(payload), status_code=200 if ok else 503, media_type="application/json"
     )
@@ -304,6 +345,8 @@ def metrics_route(registry: CollectorRegistry, gateway: Gateway) -> HTTPRouteHan
     def metrics() -> bytes:
         if gateway.metrics is not None:
             gateway.metrics.refresh(gateway.backends(), time.monotonic())
+            store = gateway.store
+            gateway.metrics.store_degraded.labels(store.kind).set(int(store.degraded))
         return generate_latest(registry)
 
     return metrics

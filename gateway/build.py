@@ -4,17 +4,36 @@ shared where name and settings agree)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Tracer
 
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.chain import ChainObserver
-from gateway.config import ConfigError, GatewayConfig, GroupConfig, ModelRoute
+from gateway.config import (
+    DEFAULT_EMBEDDING_MODEL,
+    ConfigError,
+    EmbeddingsConfig,
+    GatewayConfig,
+    GroupConfig,
+    ModelRoute,
+    StoreConfig,
+)
+from gateway.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from gateway.embeddings import Embedder
 from gateway.plugin import Plugin
 from gateway.plugin_loader import build_chain, discover
+from gateway.stores import Store
+from gateway.stores.fail_open import FailOpenStore
+from gateway.stores.memory import MemoryStore
+from gateway.stores.redis import RedisStore
 from gateway.targets import Backend, Group, ModelTarget
 from gateway.upstreams.base import Upstream
 from gateway.upstreams.http import HttpUpstream
@@ -49,11 +68,15 @@ def build_gateway(
     }
     if not targets:
         raise ConfigError("models: nothing to serve (configure [[models]] or run the engine)")
+    metrics = observer if isinstance(observer, GatewayMetrics) else None
     gw = Gateway(
         targets,
         auth=Authenticator(config.api_keys(env)),
         tracer=tracer,
         capture_content=config.telemetry.capture_content,
+        store=build_store(config.store, metrics),
+        embedder_factory=embedder_factory(config.embeddings),
+        embedder_names=embedder_names(config.embeddings),
     )
     available = discover() if plugins is None else dict(plugins)
     instances: dict[tuple[str, str], Plugin] = {}
@@ -91,3 +114,56 @@ def _group(cfg: GroupConfig, index: int, engine: Upstream | None, env: Mapping[s
         )
         backends.append(Backend(id=name, weight=b.weight, group=cfg.name, upstream=client))
     return Group(cfg.name, backends)
+
+
+def build_store(cfg: StoreConfig, metrics: GatewayMetrics | None = None) -> FailOpenStore:
+    """The configured store, wrapped to fail open (gateway/stores/fail_open.py)."""
+    inner: Store
+    if cfg.kind == "redis":
+        inner = RedisStore(cfg.url, prefix=cfg.prefix, timeout_s=cfg.timeout_ms / 1e3)
+    else:
+        inner = MemoryStore(max_entries=cfg.max_entries, max_bytes=int(cfg.max_mb * 2**20))
+    on_bypass = None
+    if metrics is not None:
+        kind = cfg.kind
+
+        def on_bypass(op: str) -> None:
+            metrics.store_bypass(kind, op)
+
+    return FailOpenStore(
+        inner, timeout_s=cfg.timeout_ms / 1e3, cooldown_s=cfg.cooldown_s, on_bypass=on_bypass
+    )
+
+
+def embedder_factory(cfg: EmbeddingsConfig) -> Callable[[], Awaitable[Embedder]] | None:
+    """What loads the embedding service when first needed (Gateway.load_embedder): the
+    model in a worker thread (seconds; the event loop keeps serving), then the batcher."""
+    if not cfg.enabled:
+        return None
+
+    async def load() -> Embedder:
+        # Imported here: torch and sentence-transformers cost seconds to import.
+        from gateway.embeddings import Embedder, EmbeddingModel
+
+        model = await asyncio.to_thread(
+            EmbeddingModel, cfg.model, name=cfg.served_model_name, device=cfg.device
+        )
+        embedder = Embedder(
+            model,
+            window_s=cfg.batch_window_ms / 1e3,
+            max_batch=cfg.max_batch_size,
+            max_queue=cfg.max_queue,
+        )
+        await embedder.start()
+        return embedder
+
+    return load
+
+
+def embedder_names(cfg: EmbeddingsConfig) -> frozenset[str]:
+    """The names /v1/embeddings answers to, known before the model loads."""
+    if not cfg.enabled:
+        return frozenset()
+    if cfg.served_model_name:
+        return frozenset({cfg.served_model_name})
+    return frozenset({DEFAULT_EMBEDDING_MODEL if cfg.model is None else Path(cfg.model).name})

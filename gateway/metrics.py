@@ -60,6 +60,41 @@ class GatewayMetrics:
             ["backend"], registry=registry,
         )  # fmt: skip
 
+        self.cache_lookups = Counter(
+            "llm_gateway_cache_lookups", "Cache lookups by cache and outcome (hit, miss, "
+            "bypass: the request was not cacheable or asked not to be served from cache).",
+            ["cache", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.store_bypasses = Counter(
+            "llm_gateway_store_bypasses", "Store operations skipped because the store was "
+            "down, slow or cooling down after a failure (the request went on without it).",
+            ["store", "op"], registry=registry,
+        )  # fmt: skip
+        self.store_degraded = Gauge(
+            "llm_gateway_store_degraded", "1 while the store is failing and being bypassed.",
+            ["store"], registry=registry,
+        )  # fmt: skip
+        self.shadow_checks = Counter(
+            "llm_gateway_semantic_shadow_checks", "Semantic cache hits also answered by the "
+            "backend and compared: agree, disagree (a false hit) or error.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.false_hit_rate = Gauge(
+            "llm_gateway_semantic_false_hit_rate", "Share of shadow-checked semantic hits "
+            "whose fresh answer disagreed with the cached one (since start).",
+            registry=registry,
+        )  # fmt: skip
+        self.embedding_batch_size = Histogram(
+            "llm_gateway_embedding_batch_size", "Texts per embedding model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry,
+        )  # fmt: skip
+
+    def cache_outcome(self, cache: str, outcome: str) -> None:
+        _child(self._children, self.cache_lookups, cache, outcome).inc()
+
+    def store_bypass(self, store: str, op: str) -> None:
+        _child(self._children, self.store_bypasses, store, op).inc()
+
     def refresh(self, backends: Sequence[Backend], now: float) -> None:
         """Backend gauges, read at scrape time."""
         for b in backends:

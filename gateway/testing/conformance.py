@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from gateway.call import Call, Chunk, Reply
 from gateway.chain import Chain, ChainEntry
@@ -36,6 +37,9 @@ from gateway.schemas import (
 )
 from gateway.targets import Backend, Group, ModelTarget
 
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
 
 def make_call(
     content: str = "Hello", *, stream: bool = False, tenant: str = "default", model: str = "m"
@@ -53,34 +57,51 @@ def make_call(
 
 
 class FakeUpstream:
-    """Answers "echo: <last user message>", as one body or as one chunk per word."""
+    """Answers "echo: <last user message>", as one body or as one chunk per word, then a
+    chunk with the finish reason (and the usage chunk when the request asks for it), as
+    a real server does. `delay_s` waits before answering; `cut_after` ends a stream with
+    an error after that many chunks (a backend dying mid-answer)."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, delay_s: float = 0.0, cut_after: int | None = None):
         self.fail = fail
+        self.delay_s = delay_s
+        self.cut_after = cut_after
         self.calls = 0
+        self.requests: list[ChatCompletionRequest] = []
 
     async def __call__(self, call: Call) -> Reply:
         self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail:
             raise UpstreamError("fake upstream failure", status_code=502, upstream_status=500)
         assert isinstance(call.request, ChatCompletionRequest)
+        self.requests.append(call.request)
         text = f"echo: {call.request.messages[-1].content}"
-        if call.stream:
-            return Reply(stream=self._chunks(call.model, text))
         usage = Usage(prompt_tokens=3, completion_tokens=len(text.split()), total_tokens=0)
+        if call.stream:
+            options = call.request.stream_options
+            with_usage = options is not None and options.include_usage
+            return Reply(stream=self._chunks(call.model, text, usage if with_usage else None))
         message = AssistantMessage(content=text)
         choice = ChatChoice(index=0, message=message, finish_reason="stop")
         return Reply(
             body=ChatCompletion(id="c", created=0, model=call.model, choices=[choice], usage=usage)
         )
 
-    async def _chunks(self, model: str, text: str) -> AsyncIterator[Chunk]:
+    async def _chunks(self, model: str, text: str, usage: Usage | None) -> AsyncIterator[Chunk]:
         for i, word in enumerate(text.split(" ")):
+            if self.cut_after is not None and i == self.cut_after:
+                raise UpstreamError("fake upstream died mid-stream", upstream_status=None)
             delta = ChatDelta(content=word if i == 0 else " " + word)
             yield ChatCompletionChunk(
                 id="c", created=0, model=model, choices=[ChatChunkChoice(index=0, delta=delta)]
             )
             await asyncio.sleep(0)
+        done = ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason="stop")
+        yield ChatCompletionChunk(id="c", created=0, model=model, choices=[done])
+        if usage is not None:
+            yield ChatCompletionChunk(id="c", created=0, model=model, choices=[], usage=usage)
 
 
 def expected_text(content: str) -> str:
@@ -100,10 +121,13 @@ async def collect(reply: Reply) -> str:
     return "".join(parts)
 
 
-async def check_plugin(plugin: Plugin, *, answers_itself: bool = False) -> None:
+async def check_plugin(
+    plugin: Plugin, *, answers_itself: bool = False, gateway: Gateway | None = None
+) -> None:
     """Raises AssertionError naming the first rule the plugin breaks. answers_itself:
     the plugin may legitimately answer without calling the upstream (a cache), so the
-    text check only requires a well-formed reply."""
+    text check only requires a well-formed reply. gateway: what startup() gets (default:
+    an empty Gateway with the in-process store), for plugins that need more of it."""
     assert isinstance(plugin, Plugin), "plugins subclass gateway.plugin.Plugin"
     assert plugin.name, "set the class attribute `name` (the entry-point name)"
     for hook in HOOKS:
@@ -114,7 +138,7 @@ async def check_plugin(plugin: Plugin, *, answers_itself: bool = False) -> None:
 
     from gateway.app import Gateway
 
-    gw = Gateway({})
+    gw = Gateway({}) if gateway is None else gateway
     await plugin.startup(gateway=gw)
     try:
         upstream = FakeUpstream()

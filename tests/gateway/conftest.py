@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -106,3 +108,46 @@ def mock_upstream() -> Iterator[Callable[..., str]]:
         stop(proc, 5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """gateway(config_toml) -> base URL of a running `llm-gateway serve --config`."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(config: str) -> str:
+        path = tmp_path / f"gateway{len(procs)}.toml"
+        path.write_text(config)
+        port = _free_port()
+        log = tmp_path / f"gateway{len(procs)}.log"
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+        cmd += ["--port", str(port), "--log-level", "warning"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(proc, url + "/health", 30, "gateway", log)
+        return url
+
+    yield start
+    for proc in procs:
+        stop(proc, 10)
+
+
+def _config(groups: dict[str, list[str]], models: str, extra: str = "") -> str:
+    text = extra + "\n"
+    for name, urls in groups.items():
+        backends = ", ".join(f'{{url = "{u}"}}' for u in urls)
+        text += f'[[groups]]\nname = "{name}"\nbackends = [{backends}]\n\n'
+    return text + models
+
+
+def _model(groups: list[str], routing: str = "prefix_affinity", name: str = "m") -> str:
+    return f'[[models]]\nname = "{name}"\ngroups = {json.dumps(groups)}\nrouting = "{routing}"\n'
+
+
+def _stats(upstream: str) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(upstream + "/stats").json()
+    return data

@@ -59,7 +59,7 @@ class Replay(Plugin):
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
         if call.stream:
-            return Reply(stream=FakeUpstream()._chunks(call.model, "from the cache"))
+            return Reply(stream=FakeUpstream()._chunks(call.model, "from the cache", None))
         return await call_next(call)
 
 

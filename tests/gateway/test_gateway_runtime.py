@@ -5,68 +5,20 @@ failures, client disconnects, a third-party plugin from examples/, auth, readine
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.gateway.conftest import _free_port, stop, wait_until_up
+from tests.gateway.conftest import _config, _free_port, _model, _stats
 
 Start = Callable[..., str]
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """gateway(config_toml) -> base URL of a running `llm-gateway serve --config`."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(config: str) -> str:
-        path = tmp_path / f"gateway{len(procs)}.toml"
-        path.write_text(config)
-        port = _free_port()
-        log = tmp_path / f"gateway{len(procs)}.log"
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
-        cmd += ["--port", str(port), "--log-level", "warning"]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
-            )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(proc, url + "/health", 30, "gateway", log)
-        return url
-
-    yield start
-    for proc in procs:
-        stop(proc, 10)
-
-
-def _config(groups: dict[str, list[str]], models: str, extra: str = "") -> str:
-    text = extra + "\n"
-    for name, urls in groups.items():
-        backends = ", ".join(f'{{url = "{u}"}}' for u in urls)
-        text += f'[[groups]]\nname = "{name}"\nbackends = [{backends}]\n\n'
-    return text + models
-
-
-def _model(groups: list[str], routing: str = "prefix_affinity", name: str = "m") -> str:
-    return f'[[models]]\nname = "{name}"\ngroups = {json.dumps(groups)}\nrouting = "{routing}"\n'
 
 
 def _chat(url: str, content: str, stream: bool = False, **kw: Any) -> httpx.Response:
     body = {"model": "m", "messages": [{"role": "user", "content": content}], "stream": stream}
     return httpx.post(url + "/v1/chat/completions", json=body, timeout=10, **kw)
-
-
-def _stats(upstream: str) -> dict[str, Any]:
-    data: dict[str, Any] = httpx.get(upstream + "/stats").json()
-    return data
 
 
 def _unreachable() -> str:

@@ -13,6 +13,10 @@ from tests.gateway.conftest import MODEL_ID
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Tell me a short story about a cat who learns to swim."}]
 
+# The engine's own answer, not the exact cache's (in the default chain) replay of an
+# earlier test's: these tests measure the engine's streaming and speculation.
+NO_CACHE = {"cache-control": "no-cache"}
+
 
 @pytest.fixture(scope="module")
 def client(server_url: str) -> openai.OpenAI:
@@ -50,6 +54,7 @@ def test_streaming_reassembles_to_the_same_answer(client: openai.OpenAI) -> None
             max_tokens=40,
             stream=True,
             stream_options={"include_usage": True},
+            extra_headers=NO_CACHE,
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -357,12 +362,15 @@ def test_speculative_request_reports_its_guesses(
                 stream=True,
                 stream_options={"include_usage": True},
                 extra_body={"speculative": True},
+                extra_headers=NO_CACHE,
             )
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         usage = chunks[-1].usage
     else:
-        fast = client.chat.completions.create(**kwargs, extra_body={"speculative": True})
+        fast = client.chat.completions.create(
+            **kwargs, extra_body={"speculative": True}, extra_headers=NO_CACHE
+        )
         text, usage = fast.choices[0].message.content, fast.usage
     assert text == plain.choices[0].message.content  # greedy: same answer either way
     assert usage is not None and usage.completion_tokens_details is not None

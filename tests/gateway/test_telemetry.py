@@ -22,6 +22,7 @@ pytestmark = pytest.mark.anyio
 def _app(tmp_path: Path, upstream: str, capture: bool) -> tuple[object, InMemorySpanExporter]:
     cfg = tmp_path / "g.toml"
     cfg.write_text(
+        'plugins = ["routing"]\n'
         f"[telemetry]\ncapture_content = {str(capture).lower()}\n"
         f'[[groups]]\nname = "g"\nbackends = [{{url = "{upstream}"}}]\n'
         '[[models]]\nname = "m"\ngroups = ["g"]\nupstream_model = "real"\n'

@@ -1,0 +1,147 @@
+"""POST /v1/embeddings in OpenAI's shape, served by the gateway's Embedder.
+
+Text only: token-id inputs (lists of ints) are a 400, as are empty inputs, empty strings,
+more than MAX_INPUTS items and a `dimensions` other than the model's. The model name must
+be one the embedder answers to (404 otherwise, and when no embedder is configured).
+Texts longer than the model's max_seq_length (256 tokens) are truncated, as
+sentence-transformers does; usage counts the tokens the model saw.
+
+`serve_embeddings` is the whole request, whatever serves HTTP: the Litestar handler
+below, or an ASGI fast path (gateway/fast_path.py) that mounts it the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+
+import msgspec
+from litestar import Request, Response, post
+from msgspec import Meta, Struct
+
+from gateway.errors import InvalidRequest, ModelNotFound, invalid_body
+
+if TYPE_CHECKING:
+    from gateway.auth import Authenticator
+    from gateway.embeddings import Embedded, Embedder
+
+MAX_INPUTS = 2048  # OpenAI's limit on items per request
+
+
+class EmbeddingRequest(Struct, kw_only=True):
+    model: str
+    # str | list[str] | list[int] | list[list[int]]: msgspec takes one array type per
+    # union, so the items are checked in _texts.
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] | None = None  # None: float
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+class Embedding(Struct, kw_only=True):
+    object: str = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32 bytes
+
+
+class EmbeddingUsage(Struct, kw_only=True):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Struct, kw_only=True):
+    object: str = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class EmbeddingHost(Protocol):
+    """What serve_embeddings needs of the gateway."""
+
+    @property
+    def auth(self) -> Authenticator: ...
+    @property
+    def embedder(self) -> Embedder | None: ...
+
+
+_decoder = msgspec.json.Decoder(EmbeddingRequest)
+_encoder = msgspec.json.Encoder()
+
+
+async def serve_embeddings(gw: EmbeddingHost, raw: bytes, headers: Mapping[str, str]) -> bytes:
+    """One embeddings request: auth, decode, checks, the embedder; returns the JSON body.
+    Raises OpenAIError (and the embedder's 503s) for answers in OpenAI's error shape."""
+    gw.auth.tenant(headers.get("authorization"))
+    try:
+        body = _decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid_body(exc) from exc
+    embedder = gw.embedder
+    if embedder is None or body.model not in embedder.names:
+        raise ModelNotFound(body.model)
+    texts = _texts(body.input)
+    dim = embedder.model.dim
+    if body.dimensions is not None and body.dimensions != dim:
+        raise InvalidRequest(
+            f"This model's embeddings have {dim} dimensions: set 'dimensions' to {dim} "
+            "or leave it out.",
+            param="dimensions",
+            code="invalid_value",
+        )
+    result = await embedder.embed_counted(texts)
+    return _encoder.encode(_response(result, body))
+
+
+def _texts(value: str | list[Any]) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not items:
+        raise InvalidRequest("'input' must not be empty.", param="input", code="invalid_value")
+    if len(items) > MAX_INPUTS:
+        raise InvalidRequest(
+            f"'input' holds {len(items)} items; at most {MAX_INPUTS} are allowed.",
+            param="input",
+            code="invalid_value",
+        )
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if not item:
+                raise InvalidRequest(
+                    f"'input[{i}]' is an empty string; every input must hold some text.",
+                    param="input",
+                    code="invalid_value",
+                )
+        elif isinstance(item, int | list) and not isinstance(item, bool):
+            raise InvalidRequest(
+                "This model takes text: send 'input' as a string or a list of strings, "
+                "not token ids.",
+                param="input",
+                code="invalid_value",
+            )
+        else:
+            raise InvalidRequest(
+                f"'input[{i}]' must be a string.", param="input", code="invalid_value"
+            )
+    return items
+
+
+def _response(result: Embedded, body: EmbeddingRequest) -> EmbeddingList:
+    data: list[Embedding]
+    if body.encoding_format == "base64":
+        # The SDK decodes with np.frombuffer(base64.b64decode(s), dtype="float32").
+        rows = result.vectors.astype("<f4", copy=False)
+        data = [
+            Embedding(index=i, embedding=base64.b64encode(row.tobytes()).decode("ascii"))
+            for i, row in enumerate(rows)
+        ]
+    else:
+        data = [Embedding(index=i, embedding=row) for i, row in enumerate(result.vectors.tolist())]
+    usage = EmbeddingUsage(prompt_tokens=result.tokens, total_tokens=result.tokens)
+    return EmbeddingList(data=data, model=body.model, usage=usage)
+
+
+@post("/v1/embeddings")
+async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await serve_embeddings(request.app.state.gateway, await request.body(), request.headers)
+    return Response(body, status_code=200, media_type="application/json")

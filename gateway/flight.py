@@ -1,0 +1,204 @@
+"""Single flight: identical requests in flight at once go upstream once and share it.
+
+The first caller of a key becomes the flight's leader and makes the upstream call;
+callers that arrive before it finishes follow it instead of calling upstream again.
+
+- A complete answer: followers wait for it and get the same body.
+- A stream: a pump task reads the upstream stream into a buffer and every subscriber
+  (the leader's client included) reads the buffer at its own pace, so no client's
+  speed or departure holds the others back. The upstream generation is cancelled only
+  when the last subscriber has gone.
+- A failure before anything was sent (the leader's call raised) lets each follower try
+  on its own; a stream that breaks mid-way breaks for every subscriber, as it did for
+  the leader (their clients have part of the answer already).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from gateway.call import Body, Chunk, close_stream
+from gateway.replay import Assembler
+
+
+class Flight:
+    __slots__ = (
+        "_changed",
+        "_on_settle",
+        "_pump",
+        "_stream_opened",
+        "body",
+        "chunks",
+        "error",
+        "finished",
+        "followers",
+        "subscribers",
+    )
+
+    def __init__(self, on_settle: Callable[[], None] | None = None) -> None:
+        self.chunks: list[Chunk] = []
+        self.body: Body | None = None  # the complete answer, once there is one
+        self.error: BaseException | None = None
+        self.finished = False
+        self.subscribers = 0
+        self.followers = 0
+        self._changed = asyncio.Event()
+        self._stream_opened = False
+        self._pump: asyncio.Task[None] | None = None
+        self._on_settle = on_settle  # Flights forgets the key: later callers start anew
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream_opened
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_started(self) -> None:
+        """Until the leader's stream opened or its answer (or failure) is in."""
+        while not (self._stream_opened or self.finished):
+            await self._changed.wait()
+
+    async def wait_finished(self) -> None:
+        while not self.finished:
+            await self._changed.wait()
+
+    # ---- the leader's side --------------------------------------------------------------
+
+    def settle(self, body: Body | None, error: BaseException | None = None) -> None:
+        self.body, self.error, self.finished = body, error, True
+        if self._on_settle is not None:
+            self._on_settle()
+        self._notify()
+
+    def pump(
+        self, stream: AsyncIterator[Chunk], on_complete: Callable[[Body], Awaitable[None]]
+    ) -> None:
+        """Starts reading the leader's upstream stream into the buffer."""
+        self._stream_opened = True
+        self._pump = asyncio.create_task(self._run(stream, on_complete))
+        self._notify()
+
+    async def _run(
+        self, stream: AsyncIterator[Chunk], on_complete: Callable[[Body], Awaitable[None]]
+    ) -> None:
+        assembler = Assembler()
+        try:
+            async for chunk in stream:
+                assembler.feed(chunk)
+                self.chunks.append(chunk)
+                self._notify()
+        except BaseException as exc:
+            self.settle(None, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            await close_stream(stream)
+        body = assembler.body() if assembler.complete else None
+        self.settle(body, None if body is not None else _CutOff())
+        if body is not None:
+            await on_complete(body)
+
+    # ---- every subscriber's side --------------------------------------------------------
+
+    def subscribe(self, keep: Callable[[Chunk], bool] | None = None) -> AsyncIterator[Chunk]:
+        """The stream's chunks from the first, as they arrive (those `keep` accepts).
+        Counted as a subscriber from now, not from its first read: a client that has
+        not started reading yet must keep the generation alive."""
+        self.subscribers += 1
+        return _Subscription(self, keep)
+
+    async def _read(self, keep: Callable[[Chunk], bool] | None) -> AsyncIterator[Chunk]:
+        i = 0
+        try:
+            while True:
+                while i < len(self.chunks):
+                    chunk = self.chunks[i]
+                    i += 1
+                    if keep is None or keep(chunk):
+                        yield chunk
+                if self.finished:
+                    if self.error is not None and not isinstance(self.error, _CutOff):
+                        raise self.error
+                    return
+                await self._changed.wait()
+        finally:
+            await self._leave()
+
+    async def _leave(self) -> None:
+        self.subscribers -= 1
+        if self.subscribers == 0 and not self.finished and self._pump is not None:
+            self._pump.cancel()  # nobody is listening: stop the generation upstream
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+
+
+class _Subscription:
+    """One reader of a flight's stream; leaving counts even before the first read."""
+
+    __slots__ = ("_flight", "_gen", "_keep", "_left")
+
+    def __init__(self, flight: Flight, keep: Callable[[Chunk], bool] | None) -> None:
+        self._flight, self._keep = flight, keep
+        self._gen: AsyncIterator[Chunk] | None = None
+        self._left = False
+
+    def __aiter__(self) -> _Subscription:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._left:
+            raise StopAsyncIteration
+        if self._gen is None:
+            self._gen = self._flight._read(self._keep)
+        try:
+            return await anext(self._gen)
+        except StopAsyncIteration:
+            self._left = True
+            raise
+        except BaseException:
+            self._left = True
+            raise
+
+    async def aclose(self) -> None:
+        if self._left:
+            return
+        self._left = True
+        if self._gen is None:
+            await self._flight._leave()
+        else:
+            await close_stream(self._gen)
+
+
+class _CutOff(Exception):
+    """The upstream stream ended without finishing every choice (nothing to keep)."""
+
+
+class Flights:
+    """The flights in progress, by key."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Flight] = {}
+
+    def get(self, key: str) -> Flight | None:
+        return self._by_key.get(key)
+
+    def start(self, key: str) -> Flight:
+        flight = Flight(lambda: self.end(key, flight))
+        self._by_key[key] = flight
+        return flight
+
+    def end(self, key: str, flight: Flight) -> None:
+        if self._by_key.get(key) is flight:
+            del self._by_key[key]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def is_usage_only(chunk: Chunk) -> bool:
+    return not chunk.choices and chunk.usage is not None

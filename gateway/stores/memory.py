@@ -1,0 +1,82 @@
+"""`MemoryStore`: the in-process store, an LRU dict with per-key expiry."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+
+
+class MemoryStore:
+    """Bounded by entry count and by bytes (key length + value length); the least recently
+    used entries go first. Expired entries are dropped when touched or scanned.
+
+    The methods are coroutines only to fit `Store`: none of them awaits, so a call runs to
+    completion without giving up the event loop.
+    """
+
+    kind = "memory"
+
+    def __init__(self, max_entries: int = 100_000, max_bytes: int = 512 * 1024 * 1024) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("max_entries and max_bytes must be positive")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.num_bytes = 0
+        # key -> (value, expires_at on the time.monotonic clock; inf: never); LRU order
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _lookup(self, key: str, now: float) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires_at = entry
+        if expires_at <= now:
+            self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def _remove(self, key: str) -> None:
+        value, _ = self._entries.pop(key)
+        self.num_bytes -= len(key) + len(value)
+
+    async def get(self, key: str) -> bytes | None:
+        return self._lookup(key, time.monotonic())
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        return [self._lookup(key, now) for key in keys]
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        if key in self._entries:
+            self._remove(key)
+        size = len(key) + len(value)
+        if size > self.max_bytes:
+            return  # could never fit; storing it would only flush everything else
+        expires_at = math.inf if ttl_s is None else time.monotonic() + ttl_s
+        self._entries[key] = (value, expires_at)
+        self.num_bytes += size
+        while len(self._entries) > self.max_entries or self.num_bytes > self.max_bytes:
+            self._remove(next(iter(self._entries)))
+
+    async def delete(self, key: str) -> None:
+        if key in self._entries:
+            self._remove(key)
+
+    async def scan(self, prefix: str) -> list[str]:
+        now = time.monotonic()
+        expired = [key for key, (_, expires_at) in self._entries.items() if expires_at <= now]
+        for key in expired:
+            self._remove(key)
+        return [key for key in self._entries if key.startswith(prefix)]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self.num_bytes = 0

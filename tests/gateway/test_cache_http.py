@@ -1,0 +1,135 @@
+"""The caches as users run them: `llm-gateway serve --config` with a real Redis store in
+front of a real mock upstream process, driven over HTTP (httpx and the OpenAI SDK).
+A Redis killed mid-run must cost zero failed requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+
+from gateway.testing.redis_server import RedisProcess
+from tests.gateway.conftest import _config, _model, _stats
+
+Start = Callable[..., str]
+
+
+def _cache_config(upstream: str, redis_url: str, extra_plugins: str = "") -> str:
+    head = (
+        f'plugins = ["exact_cache", {extra_plugins}"routing"]\n'
+        f'[store]\nkind = "redis"\nurl = "{redis_url}"\ntimeout_ms = 50\ncooldown_s = 0.2\n'
+        "[embeddings]\nenabled = false\n"
+    )
+    return _config({"g": [upstream]}, _model(["g"]), head)
+
+
+def test_a_streamed_answer_is_replayed_from_redis_to_the_openai_sdk(
+    mock_upstream: Start, gateway: Callable[[str], str], redis_server: RedisProcess
+) -> None:
+    up = mock_upstream(chunks=5)
+    url = gateway(_cache_config(up, redis_server.url))
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    args: dict[str, Any] = {
+        "model": "m",
+        "messages": [{"role": "user", "content": f"sdk replay {time.time()}"}],
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    seen = []
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(**args)
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        usage = chunks[-1].usage
+        seen.append((raw.headers["x-cache"], text, finish, usage and usage.total_tokens))
+    client.close()
+    assert seen[0][0] == "miss" and seen[1][0] == "hit"
+    assert seen[0][1:] == seen[1][1:]
+    assert seen[1][1] == "tok0 tok1 tok2 tok3 tok4 " and seen[1][2] == "stop"
+    assert seen[1][3] is not None  # the usage chunk came back with the replay
+    assert _stats(up)["requests"] == 1
+
+
+def test_redis_killed_mid_run_fails_no_request(
+    mock_upstream: Start, gateway: Callable[[str], str], redis_process: RedisProcess
+) -> None:
+    up = mock_upstream(chunks=3)
+    url = gateway(_cache_config(up, redis_process.url))
+    failures: list[str] = []
+    answered = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        nonlocal answered
+        with httpx.Client(base_url=url, timeout=10) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = {
+                    "model": "m",
+                    # Half the questions repeat (hits while Redis lives), half are new.
+                    "messages": [{"role": "user", "content": f"q{i % 5 if i % 2 else i}-{worker}"}],
+                    "temperature": 0,
+                    "stream": i % 3 == 0,
+                }
+                try:
+                    r = http.post("/v1/chat/completions", json=body)
+                    ok = r.status_code == 200 and (
+                        "tok2" in r.text if body["stream"] else r.json()["choices"]
+                    )
+                    if body["stream"]:
+                        ok = ok and r.text.rstrip().endswith("data: [DONE]")
+                    if not ok:
+                        failures.append(f"{r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                with lock:
+                    answered += 1
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        before_kill = answered
+        redis_process.kill()
+        time.sleep(0.5)
+        ready = httpx.get(url + "/ready").json()
+        time.sleep(1.0)
+        during = answered - before_kill
+        redis_process.restart()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert before_kill > 10 and during > 10, (before_kill, during)
+    assert ready["status"] == "degraded" and ready["store"]["ok"] is False
+    metrics = httpx.get(url + "/metrics").text
+    bypassed = [
+        line for line in metrics.splitlines() if line.startswith("llm_gateway_store_bypasses_total")
+    ]
+    assert bypassed and sum(float(line.rsplit(" ", 1)[1]) for line in bypassed) > 0
+    deadline = time.monotonic() + 5
+    while httpx.get(url + "/ready").json()["status"] != "ready":  # back after the restart
+        assert time.monotonic() < deadline, "the store did not come back"
+        time.sleep(0.1)
+
+
+def test_a_bad_cache_control_header_is_ignored(
+    mock_upstream: Start, gateway: Callable[[str], str], redis_server: RedisProcess
+) -> None:
+    url = gateway(_cache_config(mock_upstream(), redis_server.url))
+    body = {"model": "m", "messages": [{"role": "user", "content": "cc"}], "temperature": 0}
+    r = httpx.post(
+        url + "/v1/chat/completions", json=body, headers={"cache-control": "max-age=banana, ,"}
+    )
+    assert r.status_code == 200 and r.headers["x-cache"] in ("miss", "hit")

@@ -1,0 +1,366 @@
+"""The exact cache through the real chain runtime, over the memory store and a real Redis:
+keys (tenant, every output-relevant field), admission, Cache-Control, streams stored
+complete and replayed, cut-off answers never kept, single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.call import Call, Reply
+from gateway.chain import Chain, ChainEntry
+from gateway.errors import UpstreamError
+from gateway.schemas import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
+from gateway.stores.fail_open import FailOpenStore
+from gateway.stores.memory import MemoryStore
+from gateway.stores.redis import RedisStore
+from gateway.targets import Backend, Group, ModelTarget
+from gateway.testing.conformance import FakeUpstream, check_plugin, collect
+from gateway.testing.redis_server import RedisProcess
+from plugins.exact_cache import ExactCache
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[FailOpenStore]:
+    if request.param == "memory":
+        inner: Any = MemoryStore()
+    else:
+        server: RedisProcess = request.getfixturevalue("redis_server")
+        inner = RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex}:", timeout_s=1.0)
+    s = FailOpenStore(inner, timeout_s=1.0)
+    yield s
+    await s.close()
+
+
+async def _cache(store: FailOpenStore, **settings: Any) -> ExactCache:
+    plugin = ExactCache(**settings)
+    await plugin.startup(gateway=SimpleNamespace(store=store, metrics=None))  # type: ignore[arg-type]
+    return plugin
+
+
+def _call(
+    content: str = "What is 2+2?",
+    *,
+    tenant: str = "a",
+    stream: bool = False,
+    headers: dict[str, str] | None = None,
+    conversation: str | None = None,
+    **fields: Any,
+) -> Call:
+    fields.setdefault("temperature", 0)
+    request = ChatCompletionRequest(
+        model="m",
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
+        stream=stream,
+        **fields,
+    )
+    request = msgspec.convert(msgspec.to_builtins(request), ChatCompletionRequest)
+    return Call(
+        endpoint="chat.completions",
+        request=request,
+        tenant=tenant,
+        headers=headers or {},
+        conversation_id=conversation,
+        target=ModelTarget("m", [Group("g", [Backend(id="b", group="g")])]),
+    )
+
+
+async def _ask(chain: Chain, call: Call) -> tuple[str, str]:
+    reply = await chain.run(call)
+    return await collect(reply), reply.headers.get("x-cache", "")
+
+
+async def test_conforms(store: FailOpenStore) -> None:
+    await check_plugin(await _cache(store), answers_itself=True)
+
+
+async def test_second_identical_request_is_a_hit(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    assert await _ask(chain, _call()) == ("echo: What is 2+2?", "miss")
+    reply = await chain.run(_call())
+    assert reply.headers["x-cache"] == "hit" and "age" in reply.headers
+    assert await collect(reply) == "echo: What is 2+2?"
+    assert up.calls == 1
+
+
+async def test_tenants_never_share_answers(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    await _ask(chain, _call(tenant="a"))
+    assert (await _ask(chain, _call(tenant="b")))[1] == "miss"
+    assert (await _ask(chain, _call(tenant="a")))[1] == "hit"
+    assert (await _ask(chain, _call(tenant="b")))[1] == "hit"  # b's own entry now
+    assert up.calls == 2
+
+
+async def test_a_conversation_id_scopes_the_cache(store: FailOpenStore) -> None:
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], FakeUpstream())
+    await _ask(chain, _call(conversation="c1"))
+    assert (await _ask(chain, _call(conversation="c2")))[1] == "miss"
+    assert (await _ask(chain, _call(conversation="c1")))[1] == "hit"
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+CHANGES: list[tuple[str, dict[str, Any]]] = [
+    ("content", {"content": "What is 2+3?"}),
+    ("seed", {"seed": 7}),
+    ("temperature+seed", {"temperature": 0.5, "seed": 1}),
+    ("top_p", {"top_p": 0.5}),
+    ("top_k", {"top_k": 5}),
+    ("n", {"n": 2}),
+    ("max_tokens", {"max_tokens": 5}),
+    ("max_completion_tokens", {"max_completion_tokens": 5}),
+    ("stop", {"stop": ["\n"]}),
+    ("logprobs", {"logprobs": True}),
+    ("top_logprobs", {"logprobs": True, "top_logprobs": 2}),
+    ("presence_penalty", {"presence_penalty": 0.5}),
+    ("frequency_penalty", {"frequency_penalty": 0.5}),
+    ("logit_bias", {"logit_bias": {"5": 1.0}}),
+    ("tools", {"tools": [TOOL]}),
+    ("tool_choice", {"tools": [TOOL], "tool_choice": "required"}),
+    ("response_format", {"response_format": {"type": "json_object"}}),
+]
+
+
+@pytest.mark.parametrize(("field", "change"), CHANGES, ids=[c[0] for c in CHANGES])
+async def test_changing_an_output_relevant_field_misses(
+    store: FailOpenStore, field: str, change: dict[str, Any]
+) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    await _ask(chain, _call())
+    assert (await _ask(chain, _call(**change)))[1] == "miss", field
+    assert up.calls == 2
+
+
+async def test_history_and_tool_calls_are_part_of_the_key(store: FailOpenStore) -> None:
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], FakeUpstream())
+
+    def with_history(args: str) -> Call:
+        call = _call()
+        assert isinstance(call.request, ChatCompletionRequest)
+        history = [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "w", "arguments": args}}
+            ]},
+            {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
+            {"role": "user", "content": "What is 2+2?"},
+        ]  # fmt: skip
+        request = msgspec.convert(
+            {**msgspec.to_builtins(call.request), "messages": history}, ChatCompletionRequest
+        )
+        return call.replace(request=request)
+
+    await _ask(chain, with_history('{"city": "Paris"}'))
+    assert (await _ask(chain, with_history('{"city": "Paris"}')))[1] == "hit"
+    assert (await _ask(chain, with_history('{"city": "Rome"}')))[1] == "miss"
+    assert (await _ask(chain, _call()))[1] == "miss"  # same last message, no history
+
+
+async def test_fields_that_do_not_change_the_answer_still_hit(store: FailOpenStore) -> None:
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], FakeUpstream())
+    await _ask(chain, _call())
+    assert (await _ask(chain, _call(user="someone-else")))[1] == "hit"
+    parts = [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]
+    assert (await _ask(chain, _call(parts)))[1] == "hit"  # type: ignore[arg-type]
+
+
+async def test_legacy_completions_are_cached_apart_from_chat(store: FailOpenStore) -> None:
+    plugin = await _cache(store)
+    calls = 0
+
+    async def upstream(call: Call) -> Reply:
+        nonlocal calls
+        calls += 1
+        from gateway.schemas import Completion, CompletionChoice, Usage
+
+        choice = CompletionChoice(index=0, text=" four", finish_reason="stop")
+        usage = Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+        return Reply(body=Completion(id="x", created=0, model="m", choices=[choice], usage=usage))
+
+    chain = Chain([ChainEntry("exact_cache", plugin)], upstream)
+    call = _call()
+    text_call = call.replace(
+        endpoint="completions",
+        request=CompletionRequest(model="m", prompt="What is 2+2?", temperature=0),
+    )
+    for _ in range(2):
+        reply = await chain.run(text_call)
+    assert reply.headers["x-cache"] == "hit" and calls == 1
+    assert reply.body is not None and reply.body.choices[0].text == " four"  # type: ignore[union-attr]
+
+
+async def test_only_reproducible_requests_are_cached_by_default(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    for _ in range(2):
+        assert (await _ask(chain, _call(temperature=0.7)))[1] == "bypass"
+    assert (await _ask(chain, _call(temperature=None)))[1] == "bypass"  # default: 1.0
+    assert up.calls == 3
+    everything = Chain(
+        [ChainEntry("exact_cache", await _cache(store, only_reproducible=False))], up
+    )
+    await _ask(everything, _call(temperature=0.7))
+    assert (await _ask(everything, _call(temperature=0.7)))[1] == "hit"
+
+
+async def test_cache_control(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    no_store = {"cache-control": "no-store"}
+    assert (await _ask(chain, _call(headers=no_store)))[1] == "bypass"
+    assert (await _ask(chain, _call()))[1] == "miss"  # no-store kept nothing
+    assert (await _ask(chain, _call(headers={"cache-control": "no-cache"})))[1] == "miss"
+    assert (await _ask(chain, _call(headers={"cache-control": "max-age=0"})))[1] == "miss"
+    assert (await _ask(chain, _call(headers={"cache-control": "max-age=60"})))[1] == "hit"
+    assert up.calls == 4
+
+
+async def test_max_age_refuses_older_answers_and_ttl_is_capped(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store, max_ttl_s=0.3))], up)
+    await _ask(chain, _call(headers={"cache-control": "max-age=3600"}))  # capped to 0.3 s
+    await asyncio.sleep(1.1)
+    assert (await _ask(chain, _call(headers={"cache-control": "max-age=1"})))[1] == "miss"
+    await asyncio.sleep(0.4)
+    assert (await _ask(chain, _call()))[1] == "miss"  # the 0.3 s cap expired it
+    assert up.calls == 3
+
+
+async def test_a_stream_is_stored_complete_and_replayed_with_usage(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    first = await chain.run(_call(stream=True))
+    assert first.headers["x-cache"] == "miss"
+    chunks = [c async for c in first.stream]  # type: ignore[union-attr]
+    assert all(c.usage is None for c in chunks)  # it did not ask for usage: none shown
+    # The upstream was asked for usage so that the kept answer has it.
+    assert up.requests[0].stream_options is not None
+    assert up.requests[0].stream_options.include_usage
+
+    second = await chain.run(_call(stream=True, stream_options={"include_usage": True}))
+    assert second.headers["x-cache"] == "hit"
+    replayed = [c async for c in second.stream]  # type: ignore[union-attr]
+    assert all(isinstance(c, ChatCompletionChunk) for c in replayed)
+    text = "".join(c.delta.content or "" for r in replayed for c in r.choices)
+    assert text == "echo: What is 2+2?"
+    assert replayed[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in replayed if c.choices][-1] == "stop"
+    assert replayed[-1].choices == [] and replayed[-1].usage is not None
+    body = await chain.run(_call())  # the same answer, complete
+    assert body.body is not None and await collect(body) == text
+    assert up.calls == 1
+
+
+async def test_a_cut_off_stream_is_never_stored(store: FailOpenStore) -> None:
+    up = FakeUpstream(cut_after=2)
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    with pytest.raises(UpstreamError):
+        await collect(await chain.run(_call(stream=True)))
+    with pytest.raises(UpstreamError):
+        await collect(await chain.run(_call(stream=True)))
+    up.cut_after = None
+    assert (await _ask(chain, _call()))[1] == "miss"
+    assert up.calls == 3
+
+
+async def test_an_abandoned_stream_is_never_stored(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    reply = await chain.run(_call("one two three four five six", stream=True))
+    assert reply.stream is not None
+    async for _ in reply.stream:
+        break
+    await reply.stream.aclose()  # type: ignore[attr-defined]
+    assert (await _ask(chain, _call("one two three four five six")))[1] == "miss"
+
+
+async def test_a_failed_request_is_not_stored(store: FailOpenStore) -> None:
+    up = FakeUpstream(fail=True)
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    with pytest.raises(UpstreamError):
+        await chain.run(_call())
+    up.fail = False
+    assert (await _ask(chain, _call()))[1] == "miss"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+async def test_identical_requests_in_flight_go_upstream_once(
+    store: FailOpenStore, stream: bool
+) -> None:
+    up = FakeUpstream(delay_s=0.2)
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    calls = [_call("shared question", stream=stream or i % 2 == 0) for i in range(10)]
+    replies = await asyncio.gather(*(chain.run(c) for c in calls))
+    texts = await asyncio.gather(*(collect(r) for r in replies))
+    assert texts == ["echo: shared question"] * 10
+    assert up.calls == 1
+    assert sorted(r.headers["x-cache"] for r in replies) == ["hit"] * 9 + ["miss"]
+
+
+async def test_followers_of_a_failed_leader_ask_for_themselves(store: FailOpenStore) -> None:
+    up = FakeUpstream()
+    calls = 0
+
+    async def first_fails(call: Call) -> Reply:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.1)
+            raise UpstreamError("leader failed", upstream_status=500)
+        return await up(call)
+
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], first_fails)
+    leader = asyncio.ensure_future(chain.run(_call()))
+    await asyncio.sleep(0.02)
+    follower = asyncio.ensure_future(chain.run(_call()))
+    with pytest.raises(UpstreamError):
+        await leader
+    assert await collect(await follower) == "echo: What is 2+2?"
+    assert calls == 2
+
+
+async def test_one_client_leaving_a_shared_stream_does_not_cut_the_others(
+    store: FailOpenStore,
+) -> None:
+    up = FakeUpstream(delay_s=0.05)
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+    question = " ".join(f"w{i}" for i in range(50))
+    a, b = await asyncio.gather(
+        chain.run(_call(question, stream=True)), chain.run(_call(question, stream=True))
+    )
+    assert a.stream is not None
+    async for _ in a.stream:
+        break
+    await a.stream.aclose()  # type: ignore[attr-defined]
+    assert await collect(b) == f"echo: {question}"
+    assert (await _ask(chain, _call(question)))[1] == "hit"  # the shared answer was kept
+    assert up.calls == 1
+
+
+async def test_a_dead_store_is_stepped_around(redis_process: RedisProcess) -> None:
+    store = FailOpenStore(RedisStore(redis_process.url, timeout_s=0.05), timeout_s=0.05)
+    try:
+        up = FakeUpstream()
+        chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
+        await _ask(chain, _call())
+        assert (await _ask(chain, _call()))[1] == "hit"
+        redis_process.kill()
+        began = time.perf_counter()
+        for _ in range(20):
+            assert await _ask(chain, _call()) == ("echo: What is 2+2?", "miss")
+        assert time.perf_counter() - began < 2.0  # no request waited long on the dead store
+        assert store.degraded
+    finally:
+        await store.close()
