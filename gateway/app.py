@@ -28,6 +28,7 @@ from gateway import telemetry
 from gateway.auth import Authenticator
 from gateway.call import Call, Endpoint, Reply
 from gateway.chain import Chain, ChainObserver
+from gateway.embeddings_route import create_embeddings
 from gateway.errors import (
     EXCEPTION_HANDLERS,
     ModelNotFound,
@@ -174,6 +175,9 @@ class Gateway:
             self._embedder_loading.cancel()
         if self.embedder is not None:
             await self.embedder.close()
+            close_model = getattr(self.embedder.model, "close", None)
+            if close_model is not None:
+                close_model()  # the model's own torch thread
         await self.store.close()
         upstreams = {id(b.upstream): b.upstream for b in self.backends() if b.upstream}
         await asyncio.gather(*(u.close() for u in upstreams.values()))
@@ -355,7 +359,15 @@ def metrics_route(registry: CollectorRegistry, gateway: Gateway) -> HTTPRouteHan
 def create_app(gateway: Gateway, registry: CollectorRegistry | None = None) -> Litestar:
     """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
 
-    handlers = [chat_completions, completions, list_models, retrieve_model, health, ready]
+    handlers = [
+        chat_completions,
+        completions,
+        create_embeddings,
+        list_models,
+        retrieve_model,
+        health,
+        ready,
+    ]
     if registry is not None:
         handlers.append(metrics_route(registry, gateway))
     app = Litestar(

@@ -7,12 +7,12 @@ async front that merges concurrent requests into batched model calls.
                     (the event loop never waits on it) and hands each caller its rows
 
 A BERT model with mean pooling (all-MiniLM-L6-v2 is one) runs through `_PackedBert`:
-the weights sentence-transformers loaded, run over the batch's real tokens only. On a
-2-core CPU that takes 3.3 ms for one short text where SentenceTransformer.encode takes
-~7 (its per-call pipeline), and 62 ms for 32 texts of 5-38 tokens where encode takes 136
-(no padding in the linear layers, ~90% of the flops). Other pipelines run through
-encode(). A batch is then bound by fp32 matmul at the CPU's peak; one text by reading
-the weights once (~2 ms), which is what batching shares.
+the weights sentence-transformers loaded, run over the batch's real tokens only. With 2
+torch threads on a 2-core CPU that takes 3.3 ms for one short text where
+SentenceTransformer.encode takes ~7 (its per-call pipeline), and 62 ms for 32 texts of
+5-38 tokens where encode takes 136 (no padding in the linear layers, ~90% of the flops).
+Other pipelines run through encode(). A batch is then bound by fp32 matmul at the CPU's
+peak; one text by reading the weights once (~2 ms), which is what batching shares.
 
 Errors (503: the server's capacity, shared by every caller, not one caller's quota —
 OpenAI answers its own overload with 503; the SDK retries it with back-off, and a load
@@ -151,7 +151,12 @@ class EmbeddingModel:
     def _load(self, folder: Path, device: str, threads: int | None) -> None:
         self._owner = threading.current_thread()
         if threads is None:
-            threads = max(1, len(os.sched_getaffinity(0)) - 1)
+            cores = (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")  # Linux; macOS and Windows lack it
+                else os.cpu_count() or 1
+            )
+            threads = max(1, cores - 1)
         torch.set_num_threads(threads)
         # Before sentence-transformers (and through it huggingface_hub) is first imported:
         # both read these once. local_files_only below covers an earlier import.
@@ -426,7 +431,6 @@ class Embedder:
         window_s: float = 0.002,
         max_batch: int = 64,
         max_queue: int = 4096,
-        aliases: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue < 1:
@@ -434,7 +438,6 @@ class Embedder:
         self.model = model
         self.window = BatchWindow(window_s, max_batch)
         self.max_queue = max_queue
-        self.names = frozenset((model.name, *aliases))  # model names requests may use
         self.batches = 0
         self.batched_texts = 0
         self.batch_sizes: Counter[int] = Counter()

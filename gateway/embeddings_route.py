@@ -2,7 +2,8 @@
 
 Text only: token-id inputs (lists of ints) are a 400, as are empty inputs, empty strings,
 more than MAX_INPUTS items and a `dimensions` other than the model's. The model name must
-be one the embedder answers to (404 otherwise, and when no embedder is configured).
+be one of the gateway's `embedder_names` (404 otherwise, and when no embedder is
+configured); the first request that passes the checks loads the model.
 Texts longer than the model's max_seq_length (256 tokens) are truncated, as
 sentence-transformers does; usage counts the tokens the model saw.
 
@@ -58,12 +59,13 @@ class EmbeddingList(Struct, kw_only=True):
 
 
 class EmbeddingHost(Protocol):
-    """What serve_embeddings needs of the gateway."""
+    """What serve_embeddings needs of the gateway (gateway.app.Gateway has it)."""
 
     @property
     def auth(self) -> Authenticator: ...
     @property
-    def embedder(self) -> Embedder | None: ...
+    def embedder_names(self) -> frozenset[str]: ...
+    async def load_embedder(self) -> Embedder | None: ...
 
 
 _decoder = msgspec.json.Decoder(EmbeddingRequest)
@@ -78,10 +80,13 @@ async def serve_embeddings(gw: EmbeddingHost, raw: bytes, headers: Mapping[str, 
         body = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise invalid_body(exc) from exc
-    embedder = gw.embedder
-    if embedder is None or body.model not in embedder.names:
+    # The names are known before the model loads: a wrong name never costs a load.
+    if body.model not in gw.embedder_names:
         raise ModelNotFound(body.model)
     texts = _texts(body.input)
+    embedder = await gw.load_embedder()  # the first request loads the model (seconds)
+    if embedder is None:
+        raise ModelNotFound(body.model)
     dim = embedder.model.dim
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidRequest(

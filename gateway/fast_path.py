@@ -1,4 +1,5 @@
-"""The two generation routes served straight on ASGI, in front of the Litestar app.
+"""The generation routes and /v1/embeddings served straight on ASGI, in front of the
+Litestar app.
 
 Litestar's per-request machinery (router, handler signature parsing, response
 objects, middleware) was the largest single cost on the gateway's hot path (py-spy,
@@ -22,6 +23,7 @@ import msgspec
 
 from gateway.app import SSE_HEADERS, Gateway, serve_call
 from gateway.call import Endpoint, close_stream
+from gateway.embeddings_route import serve_embeddings
 from gateway.errors import SERVER_ERROR_MESSAGE, OpenAIError
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
 from gateway.sse import encode_sse
@@ -33,6 +35,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+EMBEDDINGS = "/v1/embeddings"
 ROUTES: dict[str, tuple[Endpoint, type[Any]]] = {
     "/v1/chat/completions": ("chat.completions", ChatCompletionRequest),
     "/v1/completions": ("completions", CompletionRequest),
@@ -54,20 +57,38 @@ class FastRoutes:
             if route is not None:
                 await self._serve(route, scope, receive, send)
                 return
+            if scope["path"] == EMBEDDINGS:
+                await self._embeddings(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = await _read(scope, receive)
+        if request is None:
+            return
+        headers, raw = request
+        try:
+            body = await serve_embeddings(self.gateway, raw, headers)
+        except OpenAIError as exc:
+            await self._error(
+                send, exc.status_code, exc.message, exc.error_type, exc.param, exc.code
+            )
+            return
+        except Exception:
+            log.exception("unhandled error on POST %s", scope["path"])
+            await self._error(send, 500, SERVER_ERROR_MESSAGE, "server_error", None, None)
+            return
+        out = [_JSON, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": body})
 
     async def _serve(
         self, route: tuple[Endpoint, type[Any]], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        raw = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        request = await _read(scope, receive)
+        if request is None:
+            return
+        headers, raw = request
         try:
             reply, extra = await serve_call(self.gateway, *route, raw, headers)
         except OpenAIError as exc:
@@ -122,6 +143,19 @@ class FastRoutes:
         headers = [_JSON, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _read(scope: Scope, receive: Receive) -> tuple[dict[str, str], bytes] | None:
+    """The request's headers (lower-case names) and whole body; None if the client left."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    raw = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            return headers, raw
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -4,6 +4,8 @@ A Redis killed mid-run must cost zero failed requests."""
 
 from __future__ import annotations
 
+import base64
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from gateway.testing.redis_server import RedisProcess
 from tests.gateway.conftest import _config, _model, _stats
@@ -133,3 +136,50 @@ def test_a_bad_cache_control_header_is_ignored(
         url + "/v1/chat/completions", json=body, headers={"cache-control": "max-age=banana, ,"}
     )
     assert r.status_code == 200 and r.headers["x-cache"] in ("miss", "hit")
+
+
+def test_tenants_never_share_either_cache_and_embeddings_are_served(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    up = mock_upstream(chunks=3)
+    head = (
+        'plugins = ["context", "exact_cache", "semantic_cache", "routing"]\n'
+        '[[auth.keys]]\nkey = "key-a"\ntenant = "a"\n'
+        '[[auth.keys]]\nkey = "key-b"\ntenant = "b"\n'
+    )
+    url = gateway(_config({"g": [up]}, _model(["g"]), head))
+
+    def ask(key: str, content: str) -> tuple[str, str]:
+        body = {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0}
+        r = httpx.post(
+            url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 200, r.text
+        return r.headers["x-cache"], r.headers.get("x-semantic-cache", "")
+
+    assert ask("key-a", "How do I reset my password?") == ("miss", "miss")
+    assert ask("key-a", "How do I reset my password?")[0] == "hit"
+    assert ask("key-a", "how can i reset my password") == ("miss", "hit")
+    # Tenant b asks the very same questions: neither cache answers from a's entries.
+    assert ask("key-b", "How do I reset my password?") == ("miss", "miss")
+    assert ask("key-b", "how can i reset my password") == ("miss", "hit")  # b's own entry
+    assert _stats(up)["requests"] == 2
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="key-a", max_retries=0)
+    floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=["hello", "world"])
+    packed = client.embeddings.create(
+        model="all-MiniLM-L6-v2", input="hello", encoding_format="base64"
+    )
+    client.close()
+    assert [len(d.embedding) for d in floats.data] == [384, 384]
+    assert floats.usage.prompt_tokens > 0
+    # Asked for base64 explicitly, the SDK hands back the string as sent.
+    raw = base64.b64decode(packed.data[0].embedding)  # type: ignore[arg-type]
+    unpacked = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert unpacked == pytest.approx(floats.data[0].embedding, abs=1e-5)
+    bad = httpx.post(
+        url + "/v1/embeddings",
+        json={"model": "nope", "input": "x"},
+        headers={"authorization": "Bearer key-a"},
+    )
+    assert bad.status_code == 404 and bad.json()["error"]["code"] == "model_not_found"

@@ -277,16 +277,25 @@ async def test_close_fails_the_request_in_flight_and_waits_for_the_model() -> No
 
 @dataclass
 class Host:
-    """The two Gateway attributes the route reads."""
+    """What the route reads of the Gateway: auth, the names, the embedder (loaded)."""
 
-    embedder: Embedder | None
+    embedder: Embedder | None = None
+    embedder_names: frozenset[str] = frozenset({DEFAULT_MODEL})
     auth: Authenticator = field(default_factory=lambda: Authenticator({}))
 
+    async def load_embedder(self) -> Embedder | None:
+        return self.embedder
 
-def _app(model: EmbeddingModel | None, keys: dict[str, str] | None = None, **kw: Any) -> Litestar:
+
+def _app(
+    model: EmbeddingModel | None,
+    keys: dict[str, str] | None = None,
+    names: tuple[str, ...] = (DEFAULT_MODEL,),
+    **kw: Any,
+) -> Litestar:
     """The route alone. The Embedder starts with the app, on the app's event loop (the test
     client runs the app in a thread of its own)."""
-    host = Host(None, Authenticator(keys or {}))
+    host = Host(None, frozenset(names), Authenticator(keys or {}))
 
     async def start() -> None:
         if model is not None:
@@ -309,7 +318,8 @@ def _app(model: EmbeddingModel | None, keys: dict[str, str] | None = None, **kw:
 
 @pytest.fixture
 async def client(model: EmbeddingModel) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(_app(model, aliases=["text-embedding-3-small"])) as c:
+    names = (DEFAULT_MODEL, "text-embedding-3-small")
+    async with AsyncTestClient(_app(model, names=names)) as c:
         yield c
 
 
@@ -385,7 +395,7 @@ async def test_unknown_model_and_no_embedder_are_404(
     reply = await client.post("/v1/embeddings", json={"model": "gpt-4o", "input": "x"})
     assert reply.status_code == 404
     assert reply.json()["error"]["code"] == "model_not_found"
-    async with AsyncTestClient(_app(None)) as bare:
+    async with AsyncTestClient(_app(None)) as bare:  # the name is configured, no model
         reply = await bare.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": "x"})
     assert reply.status_code == 404 and reply.json()["error"]["param"] == "model"
 
