@@ -248,7 +248,7 @@ _CONFIG_ENV = "LLM_GATEWAY_WORKER_CONFIG"
 
 def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: Any) -> Any:
     from gateway.build import build_gateway
-    from gateway.metrics import GatewayMetrics
+    from gateway.metrics import EmbedderCollector, GatewayMetrics
     from gateway.telemetry import tracer_from_config
 
     metrics = GatewayMetrics(registry)
@@ -256,6 +256,7 @@ def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: A
         config, upstream, name, observer=metrics, tracer=tracer_from_config(config.telemetry)
     )
     gateway.metrics = metrics
+    registry.register(EmbedderCollector(lambda: gateway.embedder))
     return gateway
 
 

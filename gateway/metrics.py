@@ -4,10 +4,11 @@ when it runs in process). Names follow Prometheus conventions under `llm_gateway
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway.call import Call, Chunk, close_stream
 from gateway.targets import Backend
@@ -84,10 +85,6 @@ class GatewayMetrics:
             "whose fresh answer disagreed with the cached one (since start).",
             registry=registry,
         )  # fmt: skip
-        self.embedding_batch_size = Histogram(
-            "llm_gateway_embedding_batch_size", "Texts per embedding model call.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry,
-        )  # fmt: skip
 
     def cache_outcome(self, cache: str, outcome: str) -> None:
         _child(self._children, self.cache_lookups, cache, outcome).inc()
@@ -142,3 +139,30 @@ def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
     if child is None:
         child = cache[key] = metric.labels(*labels)
     return child
+
+
+class EmbedderCollector:
+    """The embedder's own counters, read at scrape time (the embedder is loaded on first
+    use, so it may not exist yet): batches, texts, model busy time and queue length."""
+
+    def __init__(self, embedder: Callable[[], Any]) -> None:
+        self._embedder = embedder  # () -> Embedder | None
+
+    def collect(self) -> Iterator[Metric]:
+        e = self._embedder()
+        if e is None:
+            return
+        yield CounterMetricFamily(
+            "llm_gateway_embedding_batches", "Embedding model calls.", value=e.batches
+        )
+        yield CounterMetricFamily(
+            "llm_gateway_embedding_texts", "Texts embedded (batches x their sizes).",
+            value=e.batched_texts,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "llm_gateway_embedding_busy_seconds", "Time the embedding model spent computing.",
+            value=e.busy_s,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "llm_gateway_embedding_queued", "Texts waiting for a batch.", value=e.queued
+        )

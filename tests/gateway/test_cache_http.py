@@ -183,3 +183,6 @@ def test_tenants_never_share_either_cache_and_embeddings_are_served(
         headers={"authorization": "Bearer key-a"},
     )
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "model_not_found"
+    metrics = httpx.get(url + "/metrics").text
+    assert "llm_gateway_embedding_batches_total" in metrics
+    assert 'llm_gateway_cache_lookups_total{cache="semantic_cache",outcome="hit"} 2.0' in metrics
