@@ -44,6 +44,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from gateway.config import DEFAULT_EMBEDDING_MODEL
 from gateway.errors import OpenAIError
 from policies.batching import BatchWindow, group_by_length
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL
 Vectors = npt.NDArray[np.float32]
 P = ParamSpec("P")
 T = TypeVar("T")

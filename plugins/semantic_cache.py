@@ -184,7 +184,13 @@ class SemanticCache(Plugin):
             call.response_headers[HEADER] = "bypass"
             return await call_next(call)
         assert self._embed is not None
-        vector = (await self._embed([split.query]))[0]
+        try:
+            vector = (await self._embed([split.query]))[0]
+        except Exception as exc:  # embedder overloaded or failing: the cache steps aside
+            log.warning("semantic cache bypassed, embedding failed: %r", exc)
+            self._count("bypass")
+            call.response_headers[HEADER] = "bypass"
+            return await call_next(call)
         if control.may_read:
             hit = await self.lookup(split.context_key, split.query, vector, control.max_age)
             if hit is not None:
@@ -225,7 +231,12 @@ class SemanticCache(Plugin):
             return None
         new = analyse(query)
         for similarity, entry in found:
-            if self.verify and not await self._verified(entry, new):
+            try:
+                verified = not self.verify or await self._verified(entry, new)
+            except Exception as exc:  # the word pair could not be embedded: no hit
+                log.warning("semantic cache verification failed: %r", exc)
+                return None
+            if not verified:
                 continue
             age = time.time() - entry.created
             if max_age is not None and not is_fresh(age, CacheControl(max_age=max_age)):

@@ -266,3 +266,19 @@ async def test_shadow_checks_measure_false_hits(store: FailOpenStore, embedder: 
         == 1
     )
     await plugin.shutdown()
+
+
+async def test_a_failing_embedder_makes_the_cache_step_aside(store: FailOpenStore) -> None:
+    class Broken:
+        model = SimpleNamespace(dim=384)
+
+        async def embed(self, texts: list[str]) -> Any:
+            raise RuntimeError("embedding model crashed")
+
+    plugin = SemanticCache()
+    gw = SimpleNamespace(store=store, embedder=Broken(), metrics=None)
+    await plugin.startup(gateway=gw)  # type: ignore[arg-type]
+    up = FakeUpstream()
+    chain = Chain([ChainEntry("semantic_cache", plugin)], up)
+    assert await _ask(chain, _call("What is a mutex?")) == ("echo: What is a mutex?", "bypass")
+    assert up.calls == 1
