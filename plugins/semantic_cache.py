@@ -40,6 +40,7 @@ from gateway.call import Body, Call, Reply
 from gateway.plugin import Next, Plugin
 from gateway.replay import record, replay
 from gateway.schemas import ChatCompletion
+from gateway.stores import Store, StoreError
 from plugins.exact_cache import decode_entry, encode_entry, wants_usage, with_usage_chunk
 from plugins.semantic_index import IndexEntry, PartitionedIndex
 from policies.cache import (
@@ -54,7 +55,6 @@ from policies.semantic_verify import analyse, substitution, verify
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
-    from gateway.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,26 @@ class SemanticCache(Plugin):
         await asyncio.gather(*self._background, return_exceptions=True)
 
     async def rebuild(self) -> int:
-        """Loads every live entry the store holds into the index; returns how many."""
+        """Loads every live entry the store holds into the index; returns how many.
+        Reads the store itself, not through its fail-open wrapper: a scan of many keys
+        takes longer than a request's store timeout, and an index rebuilt empty because
+        of that would silently lose the cache. A store that cannot answer at all leaves
+        the index empty (logged); the gateway starts regardless."""
         assert self.store is not None and self.index is not None
-        keys = await self.store.scan(PREFIX)
+        store: Store = getattr(self.store, "inner", self.store)
+        try:
+            return await self._load_all(store)
+        except StoreError as exc:
+            log.warning("semantic cache: cannot rebuild from the %s store: %s", store.kind, exc)
+            return 0
+
+    async def _load_all(self, store: Store) -> int:
+        assert self.index is not None
+        keys = await store.scan(PREFIX)
         loaded, now = 0, time.time()
         for start in range(0, len(keys), 500):
             batch = keys[start : start + 500]
-            for key, raw in zip(batch, await self.store.get_many(batch), strict=True):
+            for key, raw in zip(batch, await store.get_many(batch), strict=True):
                 if raw is None:
                     continue
                 try:
@@ -156,12 +169,10 @@ class SemanticCache(Plugin):
                     expires=stored.expires,
                 )
                 for gone in self.index.add(entry, vector):
-                    await self.store.delete(gone.store_key)
+                    await store.delete(gone.store_key)
                 loaded += 1
         if loaded:
-            log.info(
-                "semantic cache: %d entries rebuilt from the %s store", loaded, self.store.kind
-            )
+            log.info("semantic cache: %d entries rebuilt from the %s store", loaded, store.kind)
         return loaded
 
     def _count(self, outcome: str) -> None:

@@ -282,3 +282,21 @@ async def test_a_failing_embedder_makes_the_cache_step_aside(store: FailOpenStor
     chain = Chain([ChainEntry("semantic_cache", plugin)], up)
     assert await _ask(chain, _call("What is a mutex?")) == ("echo: What is a mutex?", "bypass")
     assert up.calls == 1
+
+
+async def test_the_rebuild_is_not_cut_short_by_the_request_timeout(
+    redis_server: RedisProcess, embedder: Embedder
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0)
+    first = await _cache(store, embedder)
+    for q in ("What is a mutex?", "What is a semaphore?", "What is a spinlock?"):
+        await _ask(Chain([ChainEntry("semantic_cache", first)], FakeUpstream()), _call(q))
+    await store.close()
+    # A request may wait 1 µs on this store; the start-up scan and reads take longer.
+    hasty = FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1e-6)
+    try:
+        second = await _cache(hasty, embedder)
+        assert second.index is not None and len(second.index) == 3
+    finally:
+        await hasty.close()
