@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 HEADER = "x-semantic-cache"
 SIMILARITY_HEADER = "x-semantic-similarity"
 PREFIX = "sem:"
+SWEEP_EVERY_S = 60.0
 
 
 class StoredEntry(msgspec.Struct, array_like=True):
@@ -108,6 +109,7 @@ class SemanticCache(Plugin):
         self._gateway: Gateway | None = None
         self._embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._swept = time.monotonic()
         self.shadow_agreed = self.shadow_disagreed = 0
 
     async def startup(self, *, gateway: Gateway) -> None:
@@ -289,6 +291,11 @@ class SemanticCache(Plugin):
         entry = IndexEntry(entry_id, partition, query, analyse(query), key, now, now + ttl_s)
         for gone in self.index.add(entry, vector):
             await self.store.delete(gone.store_key)
+        if time.monotonic() - self._swept > SWEEP_EVERY_S:
+            # Expired entries are dropped when a search meets them; this catches those
+            # in partitions nobody asks about any more (the store expired them itself).
+            self._swept = time.monotonic()
+            self.index.expired(now)
 
     # ---- shadow checks ----------------------------------------------------------------
 

@@ -228,6 +228,10 @@ async def test_entries_expire_and_the_index_is_bounded(
     assert (await _ask(chain, _call("what's a mutex")))[1] == "miss"  # evicted (oldest)
     await asyncio.sleep(0.5)
     assert (await _ask(chain, _call("what's a spinlock")))[1] == "miss"  # expired
+    await asyncio.sleep(0.5)  # the spinlock answer just kept expires too, unsearched
+    plugin._swept = -1e9  # the periodic sweep is due: entries nobody searches for go
+    await _ask(chain, _call("What is a deadlock?"))
+    assert len(plugin.index) == 1
 
 
 def _fixed(text: str) -> Any:
