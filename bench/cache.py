@@ -55,12 +55,14 @@ def pct(values: list[float], p: int) -> float:
 # ---- 1. exact cache ----------------------------------------------------------------------
 
 
-def gateway_config(upstream_port: int, store: str, redis_url: str | None, embeddings: bool) -> str:
+def gateway_config(
+    upstream_port: int, store: str, redis_url: str | None, embeddings: bool, extra: str = ""
+) -> str:
     text = 'plugins = ["exact_cache", "routing"]\n'
     text += f'[store]\nkind = "{store}"\n'
     if redis_url:
         text += f'url = "{redis_url}"\n'
-    text += f"[embeddings]\nenabled = {'true' if embeddings else 'false'}\n"
+    text += f"[embeddings]\nenabled = {'true' if embeddings else 'false'}\n{extra}"
     text += f'[[groups]]\nname = "g"\nbackends = [{{url = "http://{HOST}:{upstream_port}/v1"}}]\n'
     text += '[[models]]\nname = "m"\ngroups = ["g"]\n'
     return text
@@ -265,14 +267,15 @@ async def embedding_rate(port: int, clients: int, seconds: float) -> dict[str, A
     }
 
 
-def bench_embeddings(tmp: Path, seconds: float, rounds: int) -> dict[str, Any]:
+def bench_embeddings(tmp: Path, seconds: float, rounds: int, extra: str = "") -> dict[str, Any]:
     up_port = free_port()
     upstream = start(
         [sys.executable, "-m", "gateway.testing.mock_upstream", "--port", str(up_port)],
         up_port,
         "/v1/models",
     )
-    proc, port = start_gateway(gateway_config(up_port, "memory", None, True), tmp, "embed")
+    config = gateway_config(up_port, "memory", None, True, extra)
+    proc, port = start_gateway(config, tmp, "embed")
     out: dict[str, Any] = {"rounds": []}
     try:
         for _ in range(rounds):  # interleaved, so machine noise hits both alike
@@ -312,7 +315,8 @@ def main() -> None:
             res["semantic"] = asyncio.run(bench_semantic(thresholds))
             print(json.dumps(res["semantic"], indent=1), flush=True)
         if "embeddings" not in skip:
-            res["embeddings"] = bench_embeddings(tmp, args.seconds, args.rounds)
+            extra = os.environ.get("BENCH_EMBEDDINGS_EXTRA", "").replace("\\n", "\n")
+            res["embeddings"] = bench_embeddings(tmp, args.seconds, args.rounds, extra)
             print(json.dumps(res["embeddings"], indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))

@@ -146,7 +146,11 @@ def embedder_factory(cfg: EmbeddingsConfig) -> Callable[[], Awaitable[Embedder]]
         from gateway.embeddings import Embedder, EmbeddingModel
 
         model = await asyncio.to_thread(
-            EmbeddingModel, cfg.model, name=cfg.served_model_name, device=cfg.device
+            EmbeddingModel,
+            cfg.model,
+            name=cfg.served_model_name,
+            device=cfg.device,
+            threads=cfg.threads,
         )
         embedder = Embedder(
             model,

@@ -149,6 +149,8 @@ class EmbeddingsConfig(_Section, frozen=True):
     model: str | None = None  # a local sentence-transformers folder; None: all-MiniLM-L6-v2
     served_model_name: str | None = None  # the name clients send (default: the model's)
     device: str = "cpu"
+    # torch threads for the model; None: every core the process may use.
+    threads: Annotated[int, Meta(gt=0)] | None = None
     # Requests arriving within the window are embedded as one batch.
     batch_window_ms: Annotated[float, Meta(ge=0)] = 2.0
     max_batch_size: Annotated[int, Meta(gt=0)] = 64

@@ -127,10 +127,10 @@ class EmbeddingModel:
         device: str = "cpu",
         threads: int | None = None,
     ) -> None:
-        """threads: torch's intra-op threads for this model; None: one core less than
-        this process may use (at least 1). The event loop needs a core of its own: an
-        OpenMP thread preempted by it stalls the others at every op's barrier, and on 2
-        cores, behind HTTP, 2 model threads served 200 texts/s where 1 served 360."""
+        """threads: torch's intra-op threads for this model; None: every core this
+        process may use. Measured behind HTTP on 2 cores (bench/cache.py, the load
+        generator on the same cores): 1 thread served 112 / 320 single-text requests/s
+        (one client / 32 clients), 2 threads 197 / 545."""
         folder = Path(path) if path is not None else default_model_path()
         if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no sentence-transformers model in {folder}")
@@ -157,7 +157,7 @@ class EmbeddingModel:
                 if hasattr(os, "sched_getaffinity")  # Linux; macOS and Windows lack it
                 else os.cpu_count() or 1
             )
-            threads = max(1, cores - 1)
+            threads = max(1, cores)
         torch.set_num_threads(threads)
         # Before sentence-transformers (and through it huggingface_hub) is first imported:
         # both read these once. local_files_only below covers an earlier import.
