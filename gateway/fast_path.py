@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -30,6 +30,7 @@ from gateway.sse import encode_sse
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -67,16 +68,8 @@ class FastRoutes:
         if request is None:
             return
         headers, raw = request
-        try:
-            body = await serve_embeddings(self.gateway, raw, headers)
-        except OpenAIError as exc:
-            await self._error(
-                send, exc.status_code, exc.message, exc.error_type, exc.param, exc.code
-            )
-            return
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            await self._error(send, 500, SERVER_ERROR_MESSAGE, "server_error", None, None)
+        body = await self._answer(scope, send, serve_embeddings(self.gateway, raw, headers))
+        if body is None:
             return
         out = [_JSON, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": out})
@@ -89,17 +82,10 @@ class FastRoutes:
         if request is None:
             return
         headers, raw = request
-        try:
-            reply, extra = await serve_call(self.gateway, *route, raw, headers)
-        except OpenAIError as exc:
-            await self._error(
-                send, exc.status_code, exc.message, exc.error_type, exc.param, exc.code
-            )
+        answer = await self._answer(scope, send, serve_call(self.gateway, *route, raw, headers))
+        if answer is None:
             return
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            await self._error(send, 500, SERVER_ERROR_MESSAGE, "server_error", None, None)
-            return
+        reply, extra = answer
         out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         if reply.body is not None:
             body = self._encoder.encode(reply.body)
@@ -122,6 +108,19 @@ class FastRoutes:
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
             await close_stream(frames)  # client gone: closes the chain's stream and the upstream
+
+    async def _answer(self, scope: Scope, send: Send, work: Awaitable[T]) -> T | None:
+        """What `work` returns; None once an error has been sent in OpenAI's shape."""
+        try:
+            return await work
+        except OpenAIError as exc:
+            await self._error(
+                send, exc.status_code, exc.message, exc.error_type, exc.param, exc.code
+            )
+        except Exception:
+            log.exception("unhandled error on POST %s", scope["path"])
+            await self._error(send, 500, SERVER_ERROR_MESSAGE, "server_error", None, None)
+        return None
 
     async def _pump(self, frames: Any, send: Send) -> None:
         async for frame in frames:
