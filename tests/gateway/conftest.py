@@ -6,12 +6,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from gateway.stores import Store
+from gateway.stores.fail_open import FailOpenStore
+from gateway.stores.memory import MemoryStore
+from gateway.stores.redis import RedisStore
+from gateway.testing.redis_server import RedisProcess
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 
@@ -151,3 +158,18 @@ def _model(groups: list[str], routing: str = "prefix_affinity", name: str = "m")
 def _stats(upstream: str) -> dict[str, Any]:
     data: dict[str, Any] = httpx.get(upstream + "/stats").json()
     return data
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[FailOpenStore]:
+    """The gateway's store as plugins get it (fail-open), over memory and over a real
+    Redis in turn; the Redis one under a key prefix of the test's own. (test_stores.py
+    has its own `store`: the bare implementations.)"""
+    if request.param == "memory":
+        inner: Store = MemoryStore()
+    else:
+        server: RedisProcess = request.getfixturevalue("redis_server")
+        inner = RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex}:", timeout_s=1.0)
+    s = FailOpenStore(inner, timeout_s=1.0)
+    yield s
+    await s.close()

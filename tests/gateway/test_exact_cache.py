@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +17,6 @@ from gateway.chain import Chain, ChainEntry
 from gateway.errors import UpstreamError
 from gateway.schemas import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
 from gateway.stores.fail_open import FailOpenStore
-from gateway.stores.memory import MemoryStore
 from gateway.stores.redis import RedisStore
 from gateway.targets import Backend, Group, ModelTarget
 from gateway.testing.conformance import FakeUpstream, check_plugin, collect
@@ -27,18 +24,6 @@ from gateway.testing.redis_server import RedisProcess
 from plugins.exact_cache import ExactCache
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[FailOpenStore]:
-    if request.param == "memory":
-        inner: Any = MemoryStore()
-    else:
-        server: RedisProcess = request.getfixturevalue("redis_server")
-        inner = RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex}:", timeout_s=1.0)
-    s = FailOpenStore(inner, timeout_s=1.0)
-    yield s
-    await s.close()
 
 
 async def _cache(store: FailOpenStore, **settings: Any) -> ExactCache:

@@ -28,7 +28,6 @@ from gateway.schemas import (
     Usage,
 )
 from gateway.stores.fail_open import FailOpenStore
-from gateway.stores.memory import MemoryStore
 from gateway.stores.redis import RedisStore
 from gateway.targets import Backend, Group, ModelTarget
 from gateway.testing.conformance import FakeUpstream, check_plugin, collect
@@ -49,18 +48,6 @@ async def embedder(model: EmbeddingModel) -> AsyncIterator[Embedder]:
     await e.start(warmup=False)
     yield e
     await e.close()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[FailOpenStore]:
-    if request.param == "memory":
-        inner: Any = MemoryStore()
-    else:
-        server: RedisProcess = request.getfixturevalue("redis_server")
-        inner = RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex}:", timeout_s=1.0)
-    s = FailOpenStore(inner, timeout_s=1.0)
-    yield s
-    await s.close()
 
 
 async def _cache(
