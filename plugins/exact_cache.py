@@ -116,15 +116,13 @@ class ExactCache(Plugin):
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
         store = self.store
         control = parse_cache_control(call.headers.get("cache-control"))
-        data: dict[str, Any] = msgspec.to_builtins(call.request)
-        if (
-            store is None
-            or not control.may_write
-            or (self.only_reproducible and not is_reproducible(data))
-        ):
+        request = call.request
+        reproducible = is_reproducible({"temperature": request.temperature, "seed": request.seed})
+        if store is None or not control.may_write or (self.only_reproducible and not reproducible):
             self._count("bypass")
             call.response_headers[HEADER] = "bypass"
             return await call_next(call)
+        data: dict[str, Any] = msgspec.to_builtins(request)  # only for requests it may keep
         key = "exact:" + exact_key(call.endpoint, call.tenant, call.conversation_id, data)
         if control.may_read:
             raw = await store.get(key)

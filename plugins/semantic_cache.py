@@ -184,13 +184,15 @@ class SemanticCache(Plugin):
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
         control = parse_cache_control(call.headers.get("cache-control"))
-        data: dict[str, Any] = msgspec.to_builtins(call.request)
+        request = call.request
+        reproducible = is_reproducible({"temperature": request.temperature, "seed": request.seed})
         split = None
         if (
             self.index is not None
             and control.may_write
-            and (not self.only_reproducible or is_reproducible(data))
+            and (reproducible or not self.only_reproducible)
         ):
+            data: dict[str, Any] = msgspec.to_builtins(request)
             split = semantic_split(call.endpoint, call.tenant, call.conversation_id, data)
         if split is None:
             self._count("bypass")
