@@ -15,7 +15,8 @@ Per call (chat completions whose newest message is a user turn of plain text):
    `x-semantic-cache: hit` and `x-semantic-similarity`; a miss goes on and its complete
    answer is kept: the entry (vector, question, answer) in the store under
    `sem:<partition>:<id>` with a TTL, and in the index. At start-up the index is rebuilt
-   from the store, so entries outlive a restart (with the Redis store).
+   from the store, so entries outlive a restart (with the Redis store), and every
+   `refresh_s` it loads what other gateway replicas sharing the store added.
 5. Shadow checks: a `shadow_rate` share of hits is also answered by the backend in the
    background; the fresh answer is compared with the cached one (embedding cosine of
    the two answers) and counted agree/disagree: a live false-hit rate on /metrics.
@@ -89,6 +90,7 @@ class SemanticCache(Plugin):
         ttl_s: float = 3600.0,
         max_ttl_s: float = 86400.0,
         max_entries: int = 100_000,
+        refresh_s: float = 10.0,
         only_reproducible: bool = True,
         verify: bool = True,
         shadow_rate: float = 0.0,
@@ -101,6 +103,7 @@ class SemanticCache(Plugin):
         self.threshold, self.k = threshold, candidates
         self.ttl_s, self.max_ttl_s = ttl_s, max_ttl_s
         self.max_entries = max_entries
+        self.refresh_s = refresh_s
         self.only_reproducible = only_reproducible
         self.verify = verify
         self.shadow_rate, self.shadow_agreement = shadow_rate, shadow_agreement
@@ -122,6 +125,14 @@ class SemanticCache(Plugin):
         self._embed = embedder.embed
         self.index = PartitionedIndex(embedder.model.dim, self.max_entries)
         await self.rebuild()
+        if self.store.kind != "memory" and self.refresh_s > 0:
+            # Other gateway replicas add entries to the shared store: pick them up.
+            self._spawn(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.rebuild()
 
     async def shutdown(self) -> None:
         for task in list(self._background):
@@ -129,7 +140,8 @@ class SemanticCache(Plugin):
         await asyncio.gather(*self._background, return_exceptions=True)
 
     async def rebuild(self) -> int:
-        """Loads every live entry the store holds into the index; returns how many.
+        """Loads every live entry the store holds that the index lacks (all of them at
+        start-up; afterwards, those other replicas added); returns how many.
         Reads the store itself, not through its fail-open wrapper: a scan of many keys
         takes longer than a request's store timeout, and an index rebuilt empty because
         of that would silently lose the cache. A store that cannot answer at all leaves
@@ -144,7 +156,8 @@ class SemanticCache(Plugin):
 
     async def _load_all(self, store: Store) -> int:
         assert self.index is not None
-        keys = await store.scan(PREFIX)
+        index = self.index
+        keys = [k for k in await store.scan(PREFIX) if _entry_id(k) not in index]
         loaded, now = 0, time.time()
         for start in range(0, len(keys), 500):
             batch = keys[start : start + 500]
@@ -162,7 +175,7 @@ class SemanticCache(Plugin):
                 if vector.shape != (self.index.dim,):
                     continue  # written by another embedding model
                 entry = IndexEntry(
-                    id=int(key.rsplit(":", 1)[1]),
+                    id=_entry_id(key),
                     partition=stored.partition,
                     query=stored.query,
                     analysis=analyse(stored.query),
@@ -174,7 +187,7 @@ class SemanticCache(Plugin):
                     await store.delete(gone.store_key)
                 loaded += 1
         if loaded:
-            log.info("semantic cache: %d entries rebuilt from the %s store", loaded, store.kind)
+            log.info("semantic cache: %d entries loaded from the %s store", loaded, store.kind)
         return loaded
 
     def _count(self, outcome: str) -> None:
@@ -336,6 +349,11 @@ class SemanticCache(Plugin):
         checked = self.shadow_agreed + self.shadow_disagreed
         if checked:
             metrics.false_hit_rate.set(self.shadow_disagreed / checked)
+
+
+def _entry_id(key: str) -> int:
+    """sem:<partition>:<id> -> id."""
+    return int(key.rsplit(":", 1)[1])
 
 
 def _decode_stored(raw: bytes | None) -> StoredEntry | None:

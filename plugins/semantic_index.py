@@ -45,6 +45,9 @@ class PartitionedIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, entry_id: int) -> bool:
+        return entry_id in self._entries
+
     @property
     def partitions(self) -> int:
         return len(self._indexes)

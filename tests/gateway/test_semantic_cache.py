@@ -291,3 +291,25 @@ async def test_the_rebuild_is_not_cut_short_by_the_request_timeout(
         assert second.index is not None and len(second.index) == 3
     finally:
         await hasty.close()
+
+
+async def test_replicas_sharing_redis_see_each_others_entries(
+    redis_server: RedisProcess, embedder: Embedder
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    stores = [
+        FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0) for _ in "ab"
+    ]
+    try:
+        a, b = [await _cache(s, embedder, refresh_s=0.1) for s in stores]
+        up = FakeUpstream()
+        await _ask(Chain([ChainEntry("semantic_cache", a)], up), _call("What is a mutex?"))
+        await asyncio.sleep(0.4)  # b's refresh loads what a added
+        chain_b = Chain([ChainEntry("semantic_cache", b)], up)
+        assert await _ask(chain_b, _call("what's a mutex")) == ("echo: What is a mutex?", "hit")
+        assert up.calls == 1
+        await a.shutdown()
+        await b.shutdown()
+    finally:
+        for s in stores:
+            await s.close()
