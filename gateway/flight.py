@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.call import Body, Chunk, close_stream
-from gateway.replay import Assembler
+from gateway.replay import record
 
 
 class Flight:
@@ -33,7 +33,6 @@ class Flight:
         "chunks",
         "error",
         "finished",
-        "followers",
         "subscribers",
     )
 
@@ -43,7 +42,6 @@ class Flight:
         self.error: BaseException | None = None
         self.finished = False
         self.subscribers = 0
-        self.followers = 0
         self._changed = asyncio.Event()
         self._stream_opened = False
         self._pump: asyncio.Task[None] | None = None
@@ -85,10 +83,13 @@ class Flight:
     async def _run(
         self, stream: AsyncIterator[Chunk], on_complete: Callable[[Body], Awaitable[None]]
     ) -> None:
-        assembler = Assembler()
+        kept: list[Body] = []  # record() hands over the answer only when it is complete
+
+        async def keep(body: Body) -> None:
+            kept.append(body)
+
         try:
-            async for chunk in stream:
-                assembler.feed(chunk)
+            async for chunk in record(stream, keep):
                 self.chunks.append(chunk)
                 self._notify()
         except BaseException as exc:
@@ -96,9 +97,7 @@ class Flight:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        finally:
-            await close_stream(stream)
-        body = assembler.body() if assembler.complete else None
+        body = kept[0] if kept else None
         self.settle(body, None if body is not None else _CutOff())
         if body is not None:
             await on_complete(body)

@@ -153,7 +153,6 @@ class ExactCache(Plugin):
 
     async def _follow(self, call: Call, flight: Flight) -> Reply | None:
         """Shares the leader's answer; None when the leader failed before answering."""
-        flight.followers += 1
         await flight.wait_started()
         if call.stream and flight.streaming:
             return Reply(stream=flight.subscribe(_chunk_filter(call)))

@@ -31,13 +31,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
-from gateway.call import Body, Call, Reply
+from gateway.call import Body, Call, Chunk, Reply, close_stream
+from gateway.flight import is_usage_only
 from gateway.plugin import Next, Plugin
 from gateway.replay import record, replay
 from gateway.schemas import ChatCompletion
@@ -162,11 +163,8 @@ class SemanticCache(Plugin):
         for start in range(0, len(keys), 500):
             batch = keys[start : start + 500]
             for key, raw in zip(batch, await store.get_many(batch), strict=True):
-                if raw is None:
-                    continue
-                try:
-                    stored = _stored_decoder.decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                stored = _decode_stored(raw)
+                if stored is None:
                     continue
                 found = decode_entry(stored.answer)
                 if found is None or stored.expires <= now:
@@ -245,7 +243,7 @@ class SemanticCache(Plugin):
             assert reply.stream is not None
             stream = record(reply.stream, keep)
             if not wants_usage(call):
-                stream = _without_usage(stream)
+                stream = _without_usage(stream)  # the cache asked for it, the client did not
             reply.stream = stream
         return reply
 
@@ -371,10 +369,10 @@ def _text(body: Body) -> str:
     return "".join(c.text for c in body.choices)
 
 
-async def _without_usage(stream: Any) -> Any:
+async def _without_usage(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     try:
         async for chunk in stream:
-            if chunk.choices or chunk.usage is None:
+            if not is_usage_only(chunk):
                 yield chunk
     finally:
-        await stream.aclose()
+        await close_stream(stream)
