@@ -518,6 +518,7 @@ class Engine:
             req.seq.num_output_tokens,
             None if result.logprob is None else [result.logprob],
             None if result.logprob is None else [result.top_logprobs],
+            cached_tokens=min(req.seq.num_cached_tokens, req.seq.num_prompt_tokens),
         )
 
     def _requests_named(self, request_ids: set[str]) -> list[Request]:

@@ -38,6 +38,8 @@ class Delta:
     # were accepted into the output / fed to the model and thrown away.
     accepted_draft_tokens: int = 0
     rejected_draft_tokens: int = 0
+    # Prompt tokens whose KV came from the prefix cache rather than being computed.
+    cached_tokens: int = 0
 
 
 @dataclass(slots=True)

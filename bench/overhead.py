@@ -1,7 +1,8 @@
 """Gateway overhead against a fast mock upstream on loopback: direct vs llm-gateway
 (empty chain, default chain) vs LiteLLM's proxy, in the same run.
 
-    python bench/overhead.py [--rounds 3] [--no-litellm] [--no-rps]
+    python bench/overhead.py [--rounds 3] [--no-litellm] [--no-rps] [--cells stream]
+        [--peer NAME=SOURCE_TREE ...]
 
 Every target proxies the same mock OpenAI server (gateway/testing/mock_upstream.py,
 8 chunks per answer). Rounds interleave the targets so machine noise hits all alike;
@@ -10,7 +11,10 @@ latency: the target's p50 (p99) minus direct's p50 (p99) in the same round, medi
 rounds. Then, per target, an open-loop step test: the highest request rate whose p99
 stays within twice its p99 at the lowest rate. LiteLLM runs from its own virtualenv
 (.venv-litellm, created with `pip install 'litellm[proxy]'` when missing); if it cannot
-be installed the report says so. Client: bench/loadgen.py (raw asyncio HTTP/1.1).
+be installed the report says so. `--peer` adds the gateway of another source tree (a
+git worktree of an earlier commit, say) as one more target, run with this tree's
+virtualenv and the default chain: before/after figures from one run. Client:
+bench/loadgen.py (raw asyncio HTTP/1.1).
 """
 
 from __future__ import annotations
@@ -62,9 +66,15 @@ def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], seconds: floa
 
 
 def start(
-    cmd: list[str], port: int, path: str, env: dict[str, str] | None = None
+    cmd: list[str],
+    port: int,
+    path: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd
+    )
     wait_http(port, path, proc)
     return proc
 
@@ -126,6 +136,11 @@ def main() -> None:
     ap.add_argument("--no-rps", action="store_true")
     ap.add_argument("--rps-seconds", type=float, default=2.0)
     ap.add_argument("--rps-top", type=float, default=20000)
+    ap.add_argument("--cells", choices=["all", "json", "stream"], default="all")
+    ap.add_argument(
+        "--peer", action="append", default=[], metavar="NAME=DIR",
+        help="also run the gateway from source tree DIR (default chain), labelled NAME",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/overhead.json")
     args = ap.parse_args()
 
@@ -151,6 +166,20 @@ def main() -> None:
             cmd += ["--port", str(port), "--log-level", "warning"]
             procs.append(start(cmd, port, "/health"))
             targets[label] = port
+        for peer in args.peer:
+            label, _, tree = peer.partition("=")
+            port = free_port()
+            cfg = tmp / f"peer{port}.toml"
+            cfg.write_text(
+                f'[[groups]]\nname = "mock"\nbackends = [{{url = "{upstream}"}}]\n'
+                '[[models]]\nname = "m"\ngroups = ["mock"]\n'
+            )
+            cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
+            cmd += ["--port", str(port), "--log-level", "warning"]
+            root = Path(tree).resolve()  # `-m` imports from the working directory first
+            env = os.environ | {"PYTHONPATH": str(root)}
+            procs.append(start(cmd, port, "/health", env, cwd=root))
+            targets[f"{label} (default chain)"] = port
         litellm_note = "skipped (--no-litellm)"
         if not args.no_litellm:
             exe, why = ensure_litellm()
@@ -194,7 +223,8 @@ def main() -> None:
                 {"authorization": f"Bearer {API_KEY}"},
             )
 
-        cells = [(stream, clients) for stream in (False, True) for clients in (1, 16)]
+        kinds = {"all": (False, True), "json": (False,), "stream": (True,)}[args.cells]
+        cells = [(stream, clients) for stream in kinds for clients in (1, 16)]
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
         for r in range(args.rounds):
             for stream, clients in cells:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Tracer
 
-from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.chain import ChainObserver
 from gateway.config import (
@@ -24,7 +23,9 @@ from gateway.config import (
     ModelRoute,
     StoreConfig,
 )
+from gateway.headers import HeaderRules
 from gateway.metrics import GatewayMetrics
+from gateway.runtime import Gateway
 
 if TYPE_CHECKING:
     from gateway.embeddings import Embedder
@@ -58,7 +59,8 @@ def build_gateway(
     models_cfg = list(config.models)
     if engine is not None and not any(g.kind == "engine" for g in groups_cfg):
         groups_cfg.append(GroupConfig(name=ENGINE_GROUP, kind="engine"))
-    groups = {g.name: _group(g, i, engine, env) for i, g in enumerate(groups_cfg)}
+    expose = HeaderRules(config.headers.expose)
+    groups = {g.name: _group(g, i, engine, env, expose) for i, g in enumerate(groups_cfg)}
     if not models_cfg and engine is not None and engine_model is not None:
         engine_groups = [g.name for g in groups_cfg if g.kind == "engine"]
         models_cfg = [ModelRoute(name=engine_model, groups=engine_groups)]
@@ -75,6 +77,7 @@ def build_gateway(
         tracer=tracer,
         capture_content=config.telemetry.capture_content,
         store=build_store(config.store, metrics),
+        forward=HeaderRules(config.headers.forward),
         embedder_factory=embedder_factory(config.embeddings),
         embedder_names=embedder_names(config.embeddings),
     )
@@ -89,7 +92,13 @@ def build_gateway(
     return gw
 
 
-def _group(cfg: GroupConfig, index: int, engine: Upstream | None, env: Mapping[str, str]) -> Group:
+def _group(
+    cfg: GroupConfig,
+    index: int,
+    engine: Upstream | None,
+    env: Mapping[str, str],
+    expose: HeaderRules,
+) -> Group:
     if cfg.kind == "engine":
         if engine is None:
             raise ConfigError(f"groups[{index}]: kind engine, but the engine is not running")
@@ -111,6 +120,9 @@ def _group(cfg: GroupConfig, index: int, engine: Upstream | None, env: Mapping[s
             connect_timeout=cfg.connect_timeout,
             read_timeout=cfg.read_timeout,
             max_connections=cfg.max_connections,
+            headers=cfg.headers,
+            query=cfg.query,
+            expose=expose,
         )
         backends.append(Backend(id=name, weight=b.weight, group=cfg.name, upstream=client))
     return Group(cfg.name, backends)

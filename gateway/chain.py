@@ -22,7 +22,8 @@ from typing import Protocol
 
 from opentelemetry.trace import Tracer
 
-from gateway.call import Call, Chunk, Reply, close_stream
+from gateway.call import Call, Reply, close_stream
+from gateway.payload import Chunk
 from gateway.plugin import Hook, Plugin, overrides
 
 log = logging.getLogger(__name__)

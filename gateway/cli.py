@@ -185,9 +185,9 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from gateway.app import Gateway, create_app
     from gateway.config import ConfigError, load_config
-    from gateway.fast_path import FastRoutes
+    from gateway.http import create_app
+    from gateway.runtime import Gateway
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -236,7 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"llm-gateway: {exc}", file=sys.stderr)
             return 1
-    app = FastRoutes(create_app(gateway, registry), gateway)
+    app = create_app(gateway, registry)
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
@@ -264,14 +264,13 @@ def worker_app() -> Any:
     """One worker's app (uvicorn --workers): the config file named by the parent."""
     from prometheus_client import CollectorRegistry
 
-    from gateway.app import create_app
     from gateway.config import load_config
-    from gateway.fast_path import FastRoutes
+    from gateway.http import create_app
 
     registry = CollectorRegistry()
     config = load_config(Path(os.environ[_CONFIG_ENV]))
     gateway = _gateway(config, None, None, registry)
-    return FastRoutes(create_app(gateway, registry), gateway)
+    return create_app(gateway, registry)
 
 
 def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:

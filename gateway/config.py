@@ -11,6 +11,7 @@ and nowhere else, validated at start-up with errors that name the bad key.
                          llm_gateway.plugins), each "name" or {name, optional, settings};
                          default: DEFAULT_CHAIN
     [auth]               API keys -> tenants (no keys: auth off, tenant "default")
+    [headers]            which client headers go upstream, which upstream headers come back
     [store]              where caches and conversations live: "memory" (in process, the
                          default) or "redis" (shared by replicas); fail-open timeout
     [embeddings]         the local embedding model (all-MiniLM-L6-v2): /v1/embeddings and
@@ -35,6 +36,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 from msgspec import Meta, Struct
+
+from gateway.headers import DEFAULT_EXPOSE, DEFAULT_FORWARD
 
 ENV_PREFIX = "LLM_GATEWAY_"
 ROUTING_POLICIES = (
@@ -103,6 +106,8 @@ class GroupConfig(_Section, frozen=True):
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 600.0  # between bytes, not for the whole answer
     max_connections: Annotated[int, Meta(gt=0)] = 512
+    headers: dict[str, str] = {}  # sent with every request (e.g. Azure's api-key)
+    query: dict[str, str] = {}  # added to every URL (e.g. Azure's api-version)
 
 
 class ModelRoute(_Section, frozen=True):
@@ -127,6 +132,15 @@ class ApiKey(_Section, frozen=True):
 
 class AuthConfig(_Section, frozen=True):
     keys: list[ApiKey] = []
+
+
+class HeadersConfig(_Section, frozen=True):
+    """Headers that cross the gateway besides x-request-id and W3C trace context, which
+    always do: `forward` client -> upstream, `expose` upstream -> client (on answers and
+    errors). Names are case-insensitive; `x-ratelimit-*` matches a family."""
+
+    forward: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FORWARD))
+    expose: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_EXPOSE))
 
 
 class StoreConfig(_Section, frozen=True):
@@ -170,6 +184,7 @@ class GatewayConfig(_Section, frozen=True):
     models: list[ModelRoute] = []
     plugins: list[str | PluginEntry] = msgspec.field(default_factory=lambda: list(DEFAULT_CHAIN))
     auth: AuthConfig = AuthConfig()
+    headers: HeadersConfig = HeadersConfig()
     store: StoreConfig = StoreConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()

@@ -7,24 +7,21 @@ configured); the first request that passes the checks loads the model.
 Texts longer than the model's max_seq_length (256 tokens) are truncated, as
 sentence-transformers does; usage counts the tokens the model saw.
 
-`serve_embeddings` is the whole request, whatever serves HTTP: the Litestar handler
-below, or an ASGI fast path (gateway/fast_path.py) that mounts it the same way.
+Requests for any other model go through the chain to that model's upstream (the
+runtime decides, gateway/runtime/serve.py); `serve_embeddings` answers the local ones.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import msgspec
-from litestar import Request, Response, post
 from msgspec import Meta, Struct
 
 from gateway.errors import InvalidRequest, ModelNotFound, invalid_body
 
 if TYPE_CHECKING:
-    from gateway.auth import Authenticator
     from gateway.embeddings import Embedded, Embedder
 
 MAX_INPUTS = 2048  # OpenAI's limit on items per request
@@ -59,10 +56,8 @@ class EmbeddingList(Struct, kw_only=True):
 
 
 class EmbeddingHost(Protocol):
-    """What serve_embeddings needs of the gateway (gateway.app.Gateway has it)."""
+    """What serve_embeddings needs of the gateway (gateway.runtime.Gateway has it)."""
 
-    @property
-    def auth(self) -> Authenticator: ...
     @property
     def embedder_names(self) -> frozenset[str]: ...
     async def load_embedder(self) -> Embedder | None: ...
@@ -72,10 +67,10 @@ _decoder = msgspec.json.Decoder(EmbeddingRequest)
 _encoder = msgspec.json.Encoder()
 
 
-async def serve_embeddings(gw: EmbeddingHost, raw: bytes, headers: Mapping[str, str]) -> bytes:
-    """One embeddings request: auth, decode, checks, the embedder; returns the JSON body.
-    Raises OpenAIError (and the embedder's 503s) for answers in OpenAI's error shape."""
-    gw.auth.tenant(headers.get("authorization"))
+async def serve_embeddings(gw: EmbeddingHost, raw: bytes) -> bytes:
+    """One embeddings request (the caller checked the API key): decode, checks, the
+    embedder; returns the JSON body. Raises OpenAIError (and the embedder's 503s) for
+    answers in OpenAI's error shape."""
     try:
         body = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -144,9 +139,3 @@ def _response(result: Embedded, body: EmbeddingRequest) -> EmbeddingList:
         data = [Embedding(index=i, embedding=row) for i, row in enumerate(result.vectors.tolist())]
     usage = EmbeddingUsage(prompt_tokens=result.tokens, total_tokens=result.tokens)
     return EmbeddingList(data=data, model=body.model, usage=usage)
-
-
-@post("/v1/embeddings")
-async def create_embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
-    body = await serve_embeddings(request.app.state.gateway, await request.body(), request.headers)
-    return Response(body, status_code=200, media_type="application/json")

@@ -5,43 +5,48 @@ Exception tree:
     OpenAIError                 any error the gateway answers itself
     ├── InvalidRequest          400 invalid_request_error (bad body, bad parameter)
     ├── ModelNotFound           404 invalid_request_error, code model_not_found
+    ├── NotFound                404 not_found_error (no such route or object)
+    ├── MethodNotAllowed        405 invalid_request_error
     ├── Unauthorized            401 authentication_error (missing or unknown API key)
     └── UpstreamError           an upstream's refusal (its 4xx/429 passed on) or failure
                                 (502 bad answer, 503 unreachable, 504 timed out)
 
 The SDK maps the status code to its exception class (400 BadRequestError, 404
-NotFoundError, ...), so the status matters as much as the body.
+NotFoundError, ...), so the status matters as much as the body. `error_body` is the
+one place an error becomes bytes; the HTTP edge writes every error through it.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 import msgspec
-from litestar import Request, Response
-from litestar.exceptions import HTTPException
 
 from gateway.schemas import ErrorBody, ErrorResponse
 
-log = logging.getLogger(__name__)
+SERVER_ERROR_MESSAGE = "The server had an error while processing your request."
+
+_encoder = msgspec.json.Encoder()
 
 
 class OpenAIError(Exception):
     status_code = 500
     error_type = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
-
-    def to_response(self) -> Response[bytes]:
-        return error_response(
-            self.status_code, self.message, self.error_type, self.param, self.code
-        )
+        self.headers = headers or {}  # sent with the error (an upstream's Retry-After...)
 
 
 class InvalidRequest(OpenAIError):
@@ -61,6 +66,22 @@ class ModelNotFound(OpenAIError):
         )
 
 
+class NotFound(OpenAIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="not_found")
+
+
+class MethodNotAllowed(OpenAIError):
+    status_code = 405
+    error_type = "invalid_request_error"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"{method} is not allowed on {path}.", code="method_not_allowed")
+
+
 class Unauthorized(OpenAIError):
     status_code = 401
     error_type = "authentication_error"
@@ -73,7 +94,8 @@ class UpstreamError(OpenAIError):
     """An upstream failed or refused. status_code: what the client gets (the upstream's
     own 4xx/429 pass through, its 5xx and connection failures become 502/503/504);
     upstream_status: what the upstream said (None: no answer at all), which retry and
-    circuit-breaking decisions read; retry_after: its Retry-After, in seconds."""
+    circuit-breaking decisions read; retry_after: its Retry-After, in seconds; headers:
+    the upstream's headers on the expose list, passed back to the client."""
 
     status_code = 502
     error_type = "server_error"
@@ -88,8 +110,9 @@ class UpstreamError(OpenAIError):
         error_type: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message, param=param, code=code)
+        super().__init__(message, param=param, code=code, headers=headers)
         self.status_code = status_code
         self.upstream_status = upstream_status
         self.retry_after = retry_after
@@ -97,11 +120,19 @@ class UpstreamError(OpenAIError):
             self.error_type = error_type
 
 
-def error_response(
-    status: int, message: str, type_: str, param: str | None = None, code: str | None = None
-) -> Response[bytes]:
-    body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
-    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+def error_body(exc: OpenAIError) -> bytes:
+    return _encoder.encode(
+        ErrorResponse(
+            error=ErrorBody(
+                message=exc.message, type=exc.error_type, param=exc.param, code=exc.code
+            )
+        )
+    )
+
+
+def server_error() -> OpenAIError:
+    """What a client gets for a failure that is the gateway's own (logged, not shown)."""
+    return OpenAIError(SERVER_ERROR_MESSAGE)
 
 
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
@@ -121,36 +152,29 @@ def invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidR
     )
 
 
-# ---- Litestar exception handlers ----------------------------------------------------------
-
-_HTTP_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-}
-
-
-def handle_openai_error(_: Request[Any, Any, Any], exc: OpenAIError) -> Response[bytes]:
-    return exc.to_response()
-
-
-def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    status = exc.status_code
-    type_ = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return error_response(status, str(exc.detail), type_)
-
-
-SERVER_ERROR_MESSAGE = "The server had an error while processing your request."
-
-
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, SERVER_ERROR_MESSAGE, "server_error")
+def error_fields(content: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(message, type, param, code) from OpenAI's {"error": {...}}, FastAPI's
+    {"detail": ...}, {"message": ...}, {"error": "text"} or plain text."""
+    try:
+        data: Any = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return content.decode(errors="replace").strip()[:500], None, None, None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("detail") or ""
+            if not isinstance(message, str):
+                message = msgspec.json.encode(message).decode()
+            return (
+                message[:2000],
+                _str(err.get("type")),
+                _str(err.get("param")),
+                _str(err.get("code")),
+            )
+        if isinstance(err, str):
+            return err[:2000], None, None, None
+    return str(data)[:500], None, None, None
 
 
-EXCEPTION_HANDLERS = {
-    OpenAIError: handle_openai_error,
-    HTTPException: handle_http_exception,
-    Exception: handle_unexpected,
-}
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)

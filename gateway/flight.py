@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from gateway.call import Body, Chunk, close_stream
+from gateway.call import close_stream
+from gateway.payload import Chunk, Payload
 from gateway.replay import record
 
 
@@ -38,7 +39,7 @@ class Flight:
 
     def __init__(self, on_settle: Callable[[], None] | None = None) -> None:
         self.chunks: list[Chunk] = []
-        self.body: Body | None = None  # the complete answer, once there is one
+        self.body: Payload | None = None  # the complete answer, once there is one
         self.error: BaseException | None = None
         self.finished = False
         self.subscribers = 0
@@ -66,14 +67,14 @@ class Flight:
 
     # ---- the leader's side --------------------------------------------------------------
 
-    def settle(self, body: Body | None, error: BaseException | None = None) -> None:
+    def settle(self, body: Payload | None, error: BaseException | None = None) -> None:
         self.body, self.error, self.finished = body, error, True
         if self._on_settle is not None:
             self._on_settle()
         self._notify()
 
     def pump(
-        self, stream: AsyncIterator[Chunk], on_complete: Callable[[Body], Awaitable[None]]
+        self, stream: AsyncIterator[Chunk], on_complete: Callable[[Payload], Awaitable[None]]
     ) -> None:
         """Starts reading the leader's upstream stream into the buffer."""
         self._stream_opened = True
@@ -81,11 +82,11 @@ class Flight:
         self._notify()
 
     async def _run(
-        self, stream: AsyncIterator[Chunk], on_complete: Callable[[Body], Awaitable[None]]
+        self, stream: AsyncIterator[Chunk], on_complete: Callable[[Payload], Awaitable[None]]
     ) -> None:
-        kept: list[Body] = []  # record() hands over the answer only when it is complete
+        kept: list[Payload] = []  # record() hands over the answer only when it is complete
 
-        async def keep(body: Body) -> None:
+        async def keep(body: Payload) -> None:
             kept.append(body)
 
         try:
@@ -197,7 +198,3 @@ class Flights:
 
     def __len__(self) -> int:
         return len(self._by_key)
-
-
-def is_usage_only(chunk: Chunk) -> bool:
-    return not chunk.choices and chunk.usage is not None

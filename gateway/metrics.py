@@ -10,8 +10,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway.call import Call, Chunk, close_stream
+from gateway.call import RESPONSES, Call, close_stream
+from gateway.payload import Chunk, DecodeErrors, Payload
 from gateway.targets import Backend
+from gateway.views import AnswerView, ResponseEventView, ResponseObjectView, UsageView
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -105,13 +107,17 @@ class GatewayMetrics:
     def plugin_outcome(self, plugin: str, hook: str, outcome: str, seconds: float) -> None:
         _child(self._children, self.plugin_outcomes, plugin, hook, outcome).inc()
 
-    def answered(self, call: Call, status: int, usage: Any = None) -> None:
+    def answered(self, call: Call, status: int, body: Payload | None = None) -> None:
+        usage = None if body is None else body_usage(call, body)
+        self._answered(call, status, usage)
+
+    def _answered(self, call: Call, status: int, usage: UsageView | None) -> None:
         c, model, endpoint = self._children, call.model, call.endpoint
         _child(c, self.requests, model, endpoint, str(status)).inc()
         _child(c, self.latency, model, endpoint).observe(time.perf_counter() - call.started)
         if usage is not None:
-            _child(c, self.tokens, model, "prompt").inc(usage.prompt_tokens)
-            _child(c, self.tokens, model, "completion").inc(usage.completion_tokens)
+            _child(c, self.tokens, model, "prompt").inc(usage.prompt)
+            _child(c, self.tokens, model, "completion").inc(usage.completion)
 
     async def watch_stream(self, call: Call, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         """Passes the chunks on, recording TTFT, usage and how the stream ended."""
@@ -122,15 +128,35 @@ class GatewayMetrics:
                     ttft = _child(self._children, self.ttft, call.model)
                     ttft.observe(time.perf_counter() - call.started)
                     first = False
-                if chunk.usage is not None:
-                    usage = chunk.usage
+                if b'"usage"' in chunk.raw:
+                    usage = chunk_usage(call, chunk) or usage
                 yield chunk
         except BaseException:
             status = 599  # cut off mid-stream (the client got an error event)
             raise
         finally:
-            self.answered(call, status, usage)
+            self._answered(call, status, usage)
             await close_stream(stream)
+
+
+def body_usage(call: Call, body: Payload) -> UsageView | None:
+    """The token counts a complete answer reports (None when it reports none)."""
+    try:
+        if call.endpoint == RESPONSES:
+            return body.view(ResponseObjectView).usage
+        return body.view(AnswerView).usage
+    except DecodeErrors:
+        return None
+
+
+def chunk_usage(call: Call, chunk: Chunk) -> UsageView | None:
+    try:
+        if call.endpoint == RESPONSES:
+            response = chunk.view(ResponseEventView).response
+            return None if response is None else response.usage
+        return chunk.view(AnswerView).usage
+    except DecodeErrors:
+        return None
 
 
 def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:

@@ -1,7 +1,8 @@
 """The plugin API: what an author outside this repo subclasses.
 
     from gateway.plugin import Plugin, Next
-    from gateway.call import Call, Reply, Chunk
+    from gateway.call import Call, Reply
+    from gateway.payload import Chunk
 
     class Stamp(Plugin):
         name = "stamp"
@@ -19,13 +20,23 @@
 
 Hooks (all optional, all async, all keyword-only):
 
-    startup(*, gateway)          once, before the first request
+    startup(*, gateway)          once, before the first request; `gateway` is a PluginHost:
+                                 the store, metrics, backends and the embedder
     shutdown()                   once, at exit
     handle(*, call, call_next)   wrapper around everything after this plugin: may answer
                                  (short-circuit), change the call, or await call_next and
                                  post-process the reply, complete or streamed
     on_chunk(*, call, chunk)     each chunk the client receives, whoever produced it (a
                                  cache replay included); runs innermost plugin first
+
+Reading and changing traffic (the gateway passes everything on as it came unless a
+plugin changes it): `call.request` is a typed view of the fields the gateway reads,
+`call.body.data` the whole request as sent; `call.edit(field=value)` returns the call
+with that field changed (nothing else is re-encoded). `reply.body.data` and
+`chunk.data` are the answer's JSON (read-only); to change one, return a new
+`Payload.of(data)` / `Chunk.of(data)`. `call.endpoint` says what the call is
+("chat.completions", "completions", "responses", "embeddings", or "passthrough" for
+any other /v1 path): a plugin that only understands some of them passes the rest on.
 
 The gateway passes a hook only the arguments it declares (or all of them if it takes
 **kwargs), so hooks may declare a subset, and arguments added in later versions never
@@ -39,10 +50,11 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gateway.call import Call, Chunk, Reply
+from gateway.call import Call, Reply
+from gateway.payload import Chunk
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.runtime import PluginHost
 
 Next = Callable[[Call], Awaitable[Reply]]
 
@@ -55,7 +67,7 @@ class Plugin:
 
     name: ClassVar[str] = ""
 
-    async def startup(self, *, gateway: Gateway) -> None:
+    async def startup(self, *, gateway: PluginHost) -> None:
         return None
 
     async def shutdown(self) -> None:

@@ -1,11 +1,14 @@
-"""Streams and complete answers, turned into each other.
+"""Streams and complete answers, turned into each other, keeping every field.
 
-Caches and conversation memory keep complete answers (`Body`). A streamed answer is
-assembled chunk by chunk (`Assembler`) and only counts once every choice has finished
-and the stream ended cleanly: a stream cut off or failed mid-way is never kept
-(`record`). A kept answer is served to a streaming client as proper chunks again
-(`replay`): the role, the content (tool calls, logprobs), the finish reason per
-choice, then the usage chunk when the client asked for it.
+Caches and conversation memory keep complete answers. A streamed answer is assembled
+chunk by chunk (`Assembler`) and only counts once every choice has finished and the
+stream ended cleanly: a stream cut off or failed mid-way is never kept (`record`). A
+kept answer is served to a streaming client as proper chunks again (`replay`): the
+role, the content (tool calls, logprobs), the finish reason per choice, then the usage
+chunk. Both work on plain JSON data, so fields this code does not know survive the
+round trip: string fields of a delta (`content`, `reasoning_content`, `refusal`, ...)
+are joined, tool calls merged by index, anything else taken from the last chunk that
+had it.
 """
 
 from __future__ import annotations
@@ -14,35 +17,34 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from gateway.call import Body, Chunk, close_stream
-from gateway.schemas import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatDelta,
-    ChoiceLogprobs,
-    Completion,
-    CompletionChoice,
-    CompletionLogprobs,
-    FunctionCall,
-    TokenLogprob,
-    ToolCall,
-    Usage,
-)
+from gateway.call import close_stream
+from gateway.payload import Chunk, DecodeErrors, Payload
+from gateway.views import AnswerView
+
+_CHAT_CHUNK, _CHAT = "chat.completion.chunk", "chat.completion"
+_TOP_SKIP = frozenset({"id", "object", "created", "model", "choices", "usage"})
+_CHOICE_SKIP = frozenset({"index", "delta", "text", "logprobs", "finish_reason", "message"})
+
+
+def is_usage_only(chunk: Payload) -> bool:
+    """The usage chunk that ends a stream (no choices, only usage)."""
+    try:
+        view = chunk.view(AnswerView)
+    except DecodeErrors:
+        return False
+    return not view.choices and view.usage is not None
 
 
 class _Choice:
-    __slots__ = ("completion_logprobs", "finish_reason", "logprobs", "parts", "role", "tools")
+    __slots__ = ("extra", "finish_reason", "logprobs", "message", "text", "tools")
 
     def __init__(self) -> None:
-        self.role = "assistant"
-        self.parts: list[str] = []
+        self.message: dict[str, Any] = {}  # chat: the delta fields, accumulated
+        self.tools: dict[int, dict[str, Any]] = {}  # tool call index -> the call so far
+        self.text: list[str] = []  # completions
+        self.logprobs: dict[str, Any] | None = None
         self.finish_reason: str | None = None
-        self.tools: dict[int, dict[str, Any]] = {}  # tool call index -> id, name, arguments
-        self.logprobs: list[TokenLogprob] | None = None
-        self.completion_logprobs: CompletionLogprobs | None = None
+        self.extra: dict[str, Any] = {}  # other choice fields (vLLM's stop_reason, ...)
 
 
 class Assembler:
@@ -50,68 +52,49 @@ class Assembler:
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
-        self._first: Chunk | None = None
-        self.usage: Usage | None = None
+        self._head: dict[str, Any] | None = None
+        self._extra: dict[str, Any] = {}
+        self.usage: Any = None
+        self.chat = True
 
-    def feed(self, chunk: Chunk) -> None:
-        if self._first is None:
-            self._first = chunk
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if isinstance(chunk, ChatCompletionChunk):
-            for c in chunk.choices:
-                self._chat(c)
-        else:
-            for t in chunk.choices:
-                self._text(t)
+    def feed(self, chunk: Payload) -> None:
+        data = chunk.data
+        if not isinstance(data, dict):
+            return
+        if self._head is None:
+            self._head = data
+            self.chat = data.get("object") != "text_completion"
+        if data.get("usage") is not None:
+            self.usage = data["usage"]
+        for key, value in data.items():
+            if key not in _TOP_SKIP and value is not None:
+                self._extra[key] = value
+        for c in data.get("choices") or ():
+            choice = self._choices.get(c.get("index", 0))
+            if choice is None:
+                choice = self._choices[c.get("index", 0)] = _Choice()
+            self._feed_choice(choice, c)
 
-    def _choice(self, index: int) -> _Choice:
-        choice = self._choices.get(index)
-        if choice is None:
-            choice = self._choices[index] = _Choice()
-        return choice
-
-    def _chat(self, c: ChatChunkChoice) -> None:
-        choice = self._choice(c.index)
-        d = c.delta
-        if d.role:
-            choice.role = d.role
-        if d.content:
-            choice.parts.append(d.content)
-        for piece in d.tool_calls or ():
-            tool = choice.tools.setdefault(int(piece.get("index", 0)), {"arguments": ""})
-            if piece.get("id"):
-                tool["id"] = piece["id"]
-            fn = piece.get("function") or {}
-            if fn.get("name"):
-                tool["name"] = fn["name"]
-            tool["arguments"] += fn.get("arguments") or ""
-        if c.logprobs is not None and c.logprobs.content:
-            choice.logprobs = (choice.logprobs or []) + list(c.logprobs.content)
-        if c.finish_reason is not None:
-            choice.finish_reason = c.finish_reason
-
-    def _text(self, t: CompletionChoice) -> None:
-        choice = self._choice(t.index)
-        if t.text:
-            choice.parts.append(t.text)
-        if t.logprobs is not None:
-            lp, seen = t.logprobs, choice.completion_logprobs
-            if seen is None:
-                choice.completion_logprobs = CompletionLogprobs(
-                    tokens=list(lp.tokens),
-                    token_logprobs=list(lp.token_logprobs),
-                    top_logprobs=None if lp.top_logprobs is None else list(lp.top_logprobs),
-                    text_offset=list(lp.text_offset),
-                )
-            else:
-                seen.tokens += lp.tokens
-                seen.token_logprobs += lp.token_logprobs
-                if seen.top_logprobs is not None and lp.top_logprobs is not None:
-                    seen.top_logprobs += lp.top_logprobs
-                seen.text_offset += lp.text_offset
-        if t.finish_reason is not None:
-            choice.finish_reason = t.finish_reason
+    def _feed_choice(self, choice: _Choice, c: dict[str, Any]) -> None:
+        delta = c.get("delta")
+        if isinstance(delta, dict):
+            for key, value in delta.items():
+                if key == "tool_calls":
+                    for piece in value or ():
+                        _merge_tool(choice.tools, piece)
+                elif isinstance(value, str) and key != "role":
+                    choice.message[key] = choice.message.get(key, "") + value
+                elif value is not None:
+                    choice.message[key] = value
+        if isinstance(c.get("text"), str):
+            choice.text.append(c["text"])
+        if c.get("logprobs") is not None:
+            choice.logprobs = _merge_logprobs(choice.logprobs, c["logprobs"])
+        if c.get("finish_reason") is not None:
+            choice.finish_reason = c["finish_reason"]
+        for key, value in c.items():
+            if key not in _CHOICE_SKIP and value is not None:
+                choice.extra[key] = value
 
     @property
     def complete(self) -> bool:
@@ -120,57 +103,71 @@ class Assembler:
             c.finish_reason is not None for c in self._choices.values()
         )
 
-    def body(self) -> Body:
-        first = self._first
-        assert first is not None, "nothing was fed"
-        usage = self.usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        indexes = sorted(self._choices)
-        if isinstance(first, ChatCompletionChunk):
-            return ChatCompletion(
-                id=first.id,
-                created=first.created,
-                model=first.model,
-                choices=[self._chat_choice(i, self._choices[i]) for i in indexes],
-                usage=usage,
-                system_fingerprint=first.system_fingerprint,
-            )
-        return Completion(
-            id=first.id,
-            created=first.created,
-            model=first.model,
-            choices=[
-                CompletionChoice(
-                    index=i,
-                    text="".join(self._choices[i].parts),
-                    finish_reason=self._choices[i].finish_reason,
-                    logprobs=self._choices[i].completion_logprobs,
-                )
-                for i in indexes
-            ],
-            usage=usage,
-            system_fingerprint=first.system_fingerprint,
-        )
+    def body(self) -> dict[str, Any]:
+        head = self._head
+        assert head is not None, "nothing was fed"
+        choices = [self._choice_body(i, self._choices[i]) for i in sorted(self._choices)]
+        usage = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return {
+            "id": head.get("id"),
+            "object": _CHAT if self.chat else "text_completion",
+            "created": head.get("created"),
+            "model": head.get("model"),
+            "choices": choices,
+            "usage": usage,
+            **self._extra,
+        }
 
-    @staticmethod
-    def _chat_choice(index: int, c: _Choice) -> ChatChoice:
-        tools = [
-            ToolCall(
-                id=t.get("id", f"call_{index}_{n}"),
-                function=FunctionCall(name=t.get("name", ""), arguments=t["arguments"]),
-            )
-            for n, t in sorted(c.tools.items())
-        ]
-        message = AssistantMessage(
-            role=c.role, content="".join(c.parts) if c.parts else None, tool_calls=tools or None
-        )
-        logprobs = None if c.logprobs is None else ChoiceLogprobs(content=c.logprobs)
-        return ChatChoice(
-            index=index, message=message, finish_reason=c.finish_reason, logprobs=logprobs
-        )
+    def _choice_body(self, index: int, c: _Choice) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": index}
+        if self.chat:
+            message = {"role": c.message.get("role", "assistant"), "content": None}
+            message.update((k, v) for k, v in c.message.items() if k != "role")
+            if c.tools:
+                message["tool_calls"] = [
+                    {k: v for k, v in c.tools[n].items() if k != "index"} for n in sorted(c.tools)
+                ]
+            out["message"] = message
+        else:
+            out["text"] = "".join(c.text)
+        out["logprobs"] = c.logprobs
+        out["finish_reason"] = c.finish_reason
+        out.update(c.extra)
+        return out
+
+
+def _merge_tool(tools: dict[int, dict[str, Any]], piece: dict[str, Any]) -> None:
+    n = int(piece.get("index", 0))
+    tool = tools.setdefault(n, {"id": None, "type": "function", "function": {}})
+    for key, value in piece.items():
+        if key == "function" and isinstance(value, dict):
+            fn = tool["function"]
+            for fk, fv in value.items():
+                if fk == "arguments" and isinstance(fv, str):
+                    fn["arguments"] = fn.get("arguments", "") + fv
+                elif fv is not None:
+                    fn[fk] = fv
+        elif value is not None:
+            tool[key] = value
+    tool["function"].setdefault("arguments", "")
+
+
+def _merge_logprobs(seen: dict[str, Any] | None, new: Any) -> Any:
+    """Chat logprobs (`content`/`refusal` lists) and legacy ones (parallel lists) append."""
+    if not isinstance(new, dict):
+        return new
+    if seen is None:
+        return {k: list(v) if isinstance(v, list) else v for k, v in new.items()}
+    for key, value in new.items():
+        if isinstance(value, list) and isinstance(seen.get(key), list):
+            seen[key] = seen[key] + value
+        elif value is not None or key not in seen:
+            seen[key] = value
+    return seen
 
 
 async def record(
-    stream: AsyncIterator[Chunk], on_complete: Callable[[Body], Awaitable[None]]
+    stream: AsyncIterator[Chunk], on_complete: Callable[[Payload], Awaitable[None]]
 ) -> AsyncIterator[Chunk]:
     """Passes `stream` on unchanged; once it has ended cleanly with every choice
     finished, hands the assembled answer to `on_complete`. A stream that fails, is cut
@@ -183,71 +180,61 @@ async def record(
     finally:
         await close_stream(stream)
     if assembler.complete:
-        await on_complete(assembler.body())
+        await on_complete(Payload.of(assembler.body()))
 
 
-def replay(body: Body, *, include_usage: bool, id: str | None = None) -> AsyncIterator[Chunk]:
+def replay(body: Payload, *, include_usage: bool, id: str | None = None) -> AsyncIterator[Chunk]:
     """A stored answer as the chunks a streaming client expects."""
-    if isinstance(body, ChatCompletion):
-        return _replay_chat(body, include_usage, id or body.id)
-    return _replay_text(body, include_usage, id or body.id)
+    data = body.data
+    if data.get("object") == "text_completion":
+        return _replay_text(data, include_usage, id or data.get("id"))
+    return _replay_chat(data, include_usage, id or data.get("id"))
 
 
-async def _replay_chat(body: ChatCompletion, include_usage: bool, id: str) -> AsyncIterator[Chunk]:
-    created = int(time.time())
+def _top(data: dict[str, Any], id: Any, object_: str) -> dict[str, Any]:
+    head = {"id": id, "object": object_, "created": int(time.time()), "model": data.get("model")}
+    head.update((k, v) for k, v in data.items() if k not in _TOP_SKIP)
+    return head
 
-    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=id,
-            created=created,
-            model=body.model,
-            choices=choices,
-            usage=usage,
-            system_fingerprint=body.system_fingerprint,
-        )
 
-    for c in body.choices:
-        m = c.message
-        yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(role=m.role, content=""))])
-        tools = None
-        if m.tool_calls:
-            tools = [
-                {
-                    "index": n,
-                    "id": t.id,
-                    "type": t.type,
-                    "function": {"name": t.function.name, "arguments": t.function.arguments},
-                }
-                for n, t in enumerate(m.tool_calls)
-            ]
-        if m.content or tools:
-            delta = ChatDelta(content=m.content or None, tool_calls=tools)
-            yield chunk([ChatChunkChoice(index=c.index, delta=delta, logprobs=c.logprobs)])
-        yield chunk(
-            [ChatChunkChoice(index=c.index, delta=ChatDelta(), finish_reason=c.finish_reason)]
-        )
+async def _replay_chat(data: dict[str, Any], include_usage: bool, id: Any) -> AsyncIterator[Chunk]:
+    head = _top(data, id, _CHAT_CHUNK)
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> Chunk:
+        body = {**head, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return Chunk.of(body)
+
+    for c in data.get("choices") or ():
+        index = c.get("index", 0)
+        message = dict(c.get("message") or {})
+        role = message.pop("role", "assistant")
+        opening = {"role": role, "content": ""}
+        yield chunk([{"index": index, "delta": opening, "logprobs": None, "finish_reason": None}])
+        tools = message.pop("tool_calls", None)
+        delta = {k: v for k, v in message.items() if v is not None}
+        if tools:
+            delta["tool_calls"] = [{"index": n, **t} for n, t in enumerate(tools)]
+        if delta or c.get("logprobs") is not None:
+            piece = {"index": index, "delta": delta, "logprobs": c.get("logprobs")}
+            yield chunk([{**piece, "finish_reason": None}])
+        end = {"index": index, "delta": {}, "logprobs": None}
+        end["finish_reason"] = c.get("finish_reason")
+        end.update((k, v) for k, v in c.items() if k not in _CHOICE_SKIP)
+        yield chunk([end])
     if include_usage:
-        yield chunk([], body.usage)
+        yield chunk([], data.get("usage"))
 
 
-async def _replay_text(body: Completion, include_usage: bool, id: str) -> AsyncIterator[Chunk]:
-    created = int(time.time())
-    for c in body.choices:
-        yield Completion(
-            id=id,
-            created=created,
-            model=body.model,
-            choices=[
-                CompletionChoice(
-                    index=c.index, text=c.text, finish_reason=None, logprobs=c.logprobs
-                )
-            ],
-        )
-        yield Completion(
-            id=id,
-            created=created,
-            model=body.model,
-            choices=[CompletionChoice(index=c.index, text="", finish_reason=c.finish_reason)],
-        )
+async def _replay_text(data: dict[str, Any], include_usage: bool, id: Any) -> AsyncIterator[Chunk]:
+    head = _top(data, id, "text_completion")
+    for c in data.get("choices") or ():
+        index = c.get("index", 0)
+        piece = {"index": index, "text": c.get("text", ""), "logprobs": c.get("logprobs")}
+        yield Chunk.of({**head, "choices": [{**piece, "finish_reason": None}]})
+        end = {"index": index, "text": "", "finish_reason": c.get("finish_reason")}
+        end.update((k, v) for k, v in c.items() if k not in _CHOICE_SKIP)
+        yield Chunk.of({**head, "choices": [end]})
     if include_usage:
-        yield Completion(id=id, created=created, model=body.model, choices=[], usage=body.usage)
+        yield Chunk.of({**head, "choices": [], "usage": data.get("usage")})

@@ -1,8 +1,10 @@
-"""OpenAI API request and response types (msgspec structs, the shapes the SDK sends/reads).
+"""The bundled engine's side of the OpenAI API: the requests it honours and the answers
+it makes (msgspec structs, the shapes the SDK sends and reads), and the error object.
 
-Requests ignore fields they do not know (clients such as LangChain send extras) but
-validate the ones they do: types and ranges are checked while decoding, so a bad value
-is a 400 naming the parameter before any work starts.
+The engine's requests ignore fields they do not know (clients such as LangChain send
+extras) but validate the ones they use: types and ranges are checked while decoding, so
+a bad value is a 400 naming the parameter before any work starts. (The gateway itself
+reads far less of a request, and passes the rest on untouched: gateway/views.py.)
 """
 
 from __future__ import annotations
@@ -107,10 +109,15 @@ class CompletionTokensDetails(Struct, kw_only=True):
     rejected_prediction_tokens: int = 0
 
 
+class PromptTokensDetails(Struct, kw_only=True):
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+
+
 class Usage(Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None  # when speculating
 
 

@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from gateway.call import Call, Chunk, Reply, close_stream
+from gateway.call import Call, Reply, close_stream
 from gateway.config import TelemetryConfig
-from gateway.schemas import ChatChoice, ChatCompletionRequest
+from gateway.payload import Chunk, DecodeErrors
+from gateway.views import AnswerView, UsageView
 
 
 def tracer_from_config(config: TelemetryConfig) -> Tracer | None:
@@ -40,51 +42,80 @@ def tracer_from_config(config: TelemetryConfig) -> Tracer | None:
     return provider.get_tracer("llm-gateway")
 
 
+_OPERATIONS = {
+    "chat.completions": "chat",
+    "completions": "text_completion",
+    "responses": "chat",
+    "embeddings": "embeddings",
+}
+
+
 def operation(call: Call) -> str:
-    return "chat" if call.endpoint == "chat.completions" else "text_completion"
+    return _OPERATIONS.get(call.endpoint, call.endpoint)
 
 
-def start_request_span(tracer: Tracer, call: Call, capture_content: bool) -> Span:
+def start_request_span(
+    tracer: Tracer, call: Call, capture_content: bool, parent: Context | None = None
+) -> Span:
+    """The request's SERVER span; `parent`: the caller's context (from its traceparent)."""
     r = call.request
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": operation(call),
-        "gen_ai.request.model": r.model,
+        "gen_ai.request.model": call.model,
         "llm_gateway.tenant": call.tenant,
+        "llm_gateway.request_id": call.request_id,
     }
-    for name, value in (
-        ("gen_ai.request.temperature", r.temperature),
-        ("gen_ai.request.top_p", r.top_p),
-        ("gen_ai.request.max_tokens", r.max_tokens),
-        ("gen_ai.request.seed", r.seed),
-        ("gen_ai.request.choice.count", r.n),
+    for name, field in (
+        ("gen_ai.request.temperature", "temperature"),
+        ("gen_ai.request.top_p", "top_p"),
+        ("gen_ai.request.max_tokens", "max_tokens"),
+        ("gen_ai.request.max_tokens", "max_output_tokens"),
+        ("gen_ai.request.seed", "seed"),
+        ("gen_ai.request.choice.count", "n"),
     ):
+        value = getattr(r, field, None)
         if value is not None:
             attrs[name] = value
+    if call.path and call.endpoint == "passthrough":
+        attrs["url.path"] = call.path
     if call.conversation_id:
         attrs["gen_ai.conversation.id"] = call.conversation_id
-    if capture_content:
-        if isinstance(r, ChatCompletionRequest):
-            messages = [{"role": m.role, "content": m.content} for m in r.messages]
-            attrs["gen_ai.input.messages"] = json.dumps(messages, default=str)
-        else:
-            attrs["gen_ai.input.messages"] = json.dumps([{"role": "user", "content": r.prompt}])
-    return tracer.start_span(f"{operation(call)} {r.model}", kind=SpanKind.SERVER, attributes=attrs)
+    if capture_content and call.content is None:
+        data = call.body.data
+        inputs = data.get("messages", data.get("prompt", data.get("input")))
+        attrs["gen_ai.input.messages"] = json.dumps(inputs, default=str)
+    name = f"{operation(call)} {call.model}"
+    return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
 
 
 def record_body(span: Span, reply: Reply, capture_content: bool) -> None:
     body = reply.body
     if body is None:
         return
-    span.set_attribute("gen_ai.response.id", body.id)
-    span.set_attribute("gen_ai.response.model", body.model)
-    reasons = [c.finish_reason or "" for c in body.choices]
-    span.set_attribute("gen_ai.response.finish_reasons", reasons)
-    if body.usage is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", body.usage.prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", body.usage.completion_tokens)
+    try:
+        view = body.view(AnswerView)
+    except DecodeErrors:
+        return
+    if view.id is not None:
+        span.set_attribute("gen_ai.response.id", view.id)
+    if view.model is not None:
+        span.set_attribute("gen_ai.response.model", view.model)
+    if view.choices:
+        reasons = [c.finish_reason or "" for c in view.choices]
+        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+    _usage(span, view.usage)
     if capture_content:
-        out = [c.message.content if isinstance(c, ChatChoice) else c.text for c in body.choices]
+        out = [
+            (c.get("message") or {}).get("content") if "message" in c else c.get("text")
+            for c in body.data.get("choices") or ()
+        ]
         span.set_attribute("gen_ai.output.messages", json.dumps(out, default=str))
+
+
+def _usage(span: Span, usage: UsageView | None) -> None:
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion)
 
 
 def record_error(span: Span, exc: BaseException) -> None:
@@ -100,17 +131,23 @@ async def traced_stream(
     parts: list[str] = []
     try:
         async for chunk in stream:
-            span.set_attribute("gen_ai.response.id", chunk.id)
-            span.set_attribute("gen_ai.response.model", chunk.model)
-            for c in chunk.choices:
+            try:
+                view = chunk.view(AnswerView)
+            except DecodeErrors:
+                view = AnswerView()
+            if view.id is not None:
+                span.set_attribute("gen_ai.response.id", view.id)
+            if view.model is not None:
+                span.set_attribute("gen_ai.response.model", view.model)
+            for c in view.choices or ():
                 if c.finish_reason:
                     reasons[c.index] = c.finish_reason
-                if capture_content:
-                    delta = getattr(c, "delta", None)
-                    parts.append((delta.content if delta else getattr(c, "text", "")) or "")
-            if chunk.usage is not None:
-                span.set_attribute("gen_ai.usage.input_tokens", chunk.usage.prompt_tokens)
-                span.set_attribute("gen_ai.usage.output_tokens", chunk.usage.completion_tokens)
+            if capture_content and view.choices:
+                for c in chunk.data.get("choices") or ():
+                    delta = c.get("delta")
+                    text = delta.get("content") if isinstance(delta, dict) else c.get("text")
+                    parts.append(text if isinstance(text, str) else "")
+            _usage(span, view.usage)
             yield chunk
     except BaseException as exc:
         record_error(span, exc)

@@ -36,20 +36,21 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import msgspec
 
-from gateway.call import Body, Call, Chunk, Reply, close_stream
+from gateway.call import CHAT, Call, Reply, close_stream
 from gateway.errors import InvalidRequest
+from gateway.payload import Chunk, Payload
 from gateway.plugin import Next, Plugin
 from gateway.replay import record
-from gateway.schemas import ChatCompletion, ChatCompletionRequest, ChatMessage
+from policies.context import Message as PlainMessage
 from policies.context import bound, merge, trim
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.runtime import PluginHost
     from gateway.stores import Store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ TRIMMED_HEADER = "x-conversation-trimmed"
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(list[ChatMessage])
+Message = dict[str, Any]  # one chat message as the client sent it (every field kept)
 
 
 def store_key(tenant: str, conversation_id: str) -> str:
@@ -69,57 +70,59 @@ def store_key(tenant: str, conversation_id: str) -> str:
     return f"conv:{quote(tenant, safe='')}:{conversation_id}"
 
 
-def encode_history(messages: list[ChatMessage]) -> bytes:
+def encode_history(messages: list[PlainMessage]) -> bytes:
     return _encoder.encode(messages)
 
 
-def decode_history(raw: bytes | None) -> list[ChatMessage]:
+def decode_history(raw: bytes | None) -> list[Message]:
     """An empty history for a missing entry, or one this version cannot read."""
     if raw is None:
         return []
     try:
-        return _decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        messages = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
         log.warning("unreadable conversation history, starting afresh: %s", exc)
         return []
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages
+    ):
+        log.warning("unreadable conversation history, starting afresh")
+        return []
+    return messages
 
 
-def reply_message(body: Body) -> ChatMessage | None:
+def reply_message(body: Payload) -> Message | None:
     """The assistant message to remember: choice 0's (the one a client continues from)."""
-    if not isinstance(body, ChatCompletion) or not body.choices:
+    data = body.data
+    choices = [c for c in data.get("choices") or () if isinstance(c.get("message"), dict)]
+    if not choices:
         return None
-    m = min(body.choices, key=lambda c: c.index).message
-    content = m.content
-    if content is None and not m.tool_calls:
+    m = min(choices, key=lambda c: c.get("index", 0))["message"]
+    content, tool_calls = m.get("content"), m.get("tool_calls")
+    if content is None and not tool_calls:
         # A refusal has no content; an assistant message with neither content nor tool
         # calls is refused by some upstreams on the next turn.
-        content = m.refusal or ""
-    return ChatMessage(role="assistant", content=content, tool_calls=m.tool_calls)
+        content = m.get("refusal") or ""
+    message: Message = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
 
 
 class Plan:
-    """One call's messages as policies/context.py decides them. The policy works on plain
-    dicts and hands back the same objects, so its choices map back to the typed messages
-    by identity."""
+    """One call's messages as policies/context.py decides them (on the plain messages,
+    so every field a client sent is kept, in what is sent and in what is stored)."""
 
-    def __init__(
-        self, history: list[ChatMessage], new: list[ChatMessage], budget_tokens: int
-    ) -> None:
-        typed = [*history, *new]
-        plain = [msgspec.to_builtins(m) for m in typed]
-        self._typed = {id(d): m for d, m in zip(plain, typed, strict=True)}
-        stored, fresh = plain[: len(history)], plain[len(history) :]
-        self.result = trim(stored, fresh, budget_tokens)
-        self._merged = merge(stored, fresh)
+    def __init__(self, history: list[Message], new: list[Message], budget_tokens: int) -> None:
+        self.result = trim(history, new, budget_tokens)
+        self._merged = merge(history, new)
 
-    def sent(self) -> list[ChatMessage]:
-        return [self._typed[id(m)] for m in self.result.messages]
+    def sent(self) -> list[PlainMessage]:
+        return list(self.result.messages)
 
-    def to_store(self, answer: ChatMessage, max_messages: int) -> list[ChatMessage]:
+    def to_store(self, answer: Message, max_messages: int) -> list[PlainMessage]:
         """The whole conversation with the answer, untrimmed but bounded."""
-        plain = msgspec.to_builtins(answer)
-        self._typed[id(plain)] = answer
-        return [self._typed[id(m)] for m in bound([*self._merged, plain], max_messages)]
+        return list(bound([*self._merged, answer], max_messages))
 
 
 class _Entry:
@@ -225,10 +228,10 @@ class ConversationContext(Plugin):
         self.locks = KeyedLocks()
         self.store: Store | None = None
 
-    async def startup(self, *, gateway: Gateway) -> None:
+    async def startup(self, *, gateway: PluginHost) -> None:
         self.store = gateway.store
 
-    def budget(self, request: ChatCompletionRequest) -> int:
+    def budget(self, request: Any) -> int:
         """Prompt tokens the window leaves once the answer has its room: the request's own
         limit when it sets one, else the configured reserve."""
         reserve = request.max_completion_tokens or request.max_tokens or self.reserve_output_tokens
@@ -236,8 +239,7 @@ class ConversationContext(Plugin):
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
         conversation = call.conversation_id
-        request = call.request
-        if conversation is None or not isinstance(request, ChatCompletionRequest):
+        if conversation is None or call.endpoint != CHAT:
             return await call_next(call)
         if not _VALID_ID.fullmatch(conversation):
             raise InvalidRequest(
@@ -256,28 +258,27 @@ class ConversationContext(Plugin):
             # A store that failed reads as a miss: the history is unknown, not empty, and
             # writing this turn alone would wipe the conversation once the store is back.
             unknown = bool(getattr(store, "degraded", False))
-            plan = Plan(history, request.messages, self.budget(request))
+            plan = Plan(history, call.body.data["messages"], self.budget(call.request))
             call.response_headers[HEADER] = conversation
             call.response_headers[MESSAGES_HEADER] = str(plan.result.history_sent)
             call.response_headers[TRIMMED_HEADER] = str(plan.result.dropped_messages)
-            sent = msgspec.structs.replace(request, messages=plan.sent())
-            reply = await call_next(call.replace(request=sent))
+            reply = await call_next(call.edit(messages=plan.sent()))
         except BaseException:
             self.locks.release(key)
             raise
 
-        async def keep(body: Body) -> None:
+        async def keep(body: Payload) -> None:
             message = reply_message(body)
             if message is not None and not unknown:
                 messages = plan.to_store(message, self.max_stored_messages)
                 await store.set(key, encode_history(messages), self.ttl_s)
 
-        if reply.body is not None:
+        if reply.stream is None:
             try:
-                await keep(reply.body)
+                if reply.body is not None:
+                    await keep(reply.body)
             finally:
                 self.locks.release(key)
             return reply
-        assert reply.stream is not None
         reply.stream = _Held(record(reply.stream, keep), lambda: self.locks.release(key))
         return reply

@@ -1,14 +1,16 @@
 """Exact response cache: the same request (everything that changes the answer, for the
 same tenant and conversation) answered from the store.
 
-- Key: policies/cache.py `exact_key` (the whole request minus stream/user fields, plus
-  tenant, endpoint, conversation scope), namespaced `exact:<key>` in the gateway store.
+- Key: policies/cache.py `exact_key` (the whole request as the client sent it, fields
+  the gateway does not know included, minus stream/user fields; plus tenant, endpoint,
+  conversation scope), namespaced `exact:<key>` in the gateway store.
 - Admission: by default only reproducible requests (temperature 0 or a seed); a
   complete answer only (a failed or cut-off stream is never kept).
 - `Cache-Control` per request: no-store (bypass), no-cache (ask upstream, keep the
   answer), max-age=N (answers up to N s old, and keep this one N s; capped by max_ttl_s).
-- Streams: the upstream is asked for the usage chunk so the kept answer has usage; a hit
-  on a streaming request is replayed as chunks (gateway/replay.py).
+- Answers are kept as the upstream's bytes (every field). Streams: the gateway asks
+  the upstream for the usage chunk, so the kept answer has usage; a hit on a streaming
+  request is replayed as chunks (gateway/replay.py).
 - Identical requests in flight at once share one upstream call (gateway/flight.py).
 - `x-cache: hit | miss | bypass` on every answer, and `age` (seconds) on hits.
 """
@@ -16,15 +18,15 @@ same tenant and conversation) answered from the store.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from gateway.call import Body, Call, Chunk, Reply
-from gateway.flight import Flight, Flights, is_usage_only
+from gateway.call import GENERATION, Call, Reply
+from gateway.flight import Flight, Flights
+from gateway.payload import Payload
 from gateway.plugin import Next, Plugin
 from gateway.replay import replay
-from gateway.schemas import ChatCompletion, Completion, StreamOptions
 from policies.cache import (
     CacheControl,
     entry_ttl,
@@ -35,14 +37,15 @@ from policies.cache import (
 )
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.runtime import PluginHost
     from gateway.stores import Store
 
 HEADER = "x-cache"
 
 
 class Entry(msgspec.Struct, array_like=True):
-    """What the store keeps: when the answer was made, which endpoint, the answer."""
+    """What the store keeps: when the answer was made, which endpoint, the answer's
+    bytes exactly as the upstream sent them."""
 
     created: float
     chat: bool
@@ -50,40 +53,23 @@ class Entry(msgspec.Struct, array_like=True):
 
 
 _entry_decoder = msgspec.json.Decoder(Entry)
-_chat_decoder = msgspec.json.Decoder(ChatCompletion)
-_text_decoder = msgspec.json.Decoder(Completion)
 _encoder = msgspec.json.Encoder()
 
 
-def encode_entry(body: Body, created: float) -> bytes:
-    return _encoder.encode(
-        Entry(created, isinstance(body, ChatCompletion), msgspec.Raw(_encoder.encode(body)))
-    )
+def encode_entry(body: Payload, created: float, chat: bool = True) -> bytes:
+    return _encoder.encode(Entry(created, chat, msgspec.Raw(body.raw)))
 
 
-def decode_entry(raw: bytes) -> tuple[float, Body] | None:
+def decode_entry(raw: bytes) -> tuple[float, Payload] | None:
     """None for an entry this version cannot read (it is then treated as a miss)."""
     try:
         entry = _entry_decoder.decode(raw)
-        decoder = _chat_decoder if entry.chat else _text_decoder
-        return entry.created, decoder.decode(entry.body)
+        body = Payload.from_bytes(bytes(entry.body))
+        if not isinstance(body.data, dict):
+            return None
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-
-
-def wants_usage(call: Call) -> bool:
-    options = call.request.stream_options
-    return options is not None and options.include_usage
-
-
-def with_usage_chunk(call: Call) -> Call:
-    """The call as sent upstream for a stream that will be kept: with the usage chunk."""
-    if wants_usage(call):
-        return call
-    request = msgspec.structs.replace(
-        call.request, stream_options=StreamOptions(include_usage=True)
-    )
-    return call.replace(request=request)
+    return entry.created, body
 
 
 class ExactCache(Plugin):
@@ -102,9 +88,9 @@ class ExactCache(Plugin):
         self.only_reproducible = only_reproducible
         self.flights = Flights()
         self.store: Store | None = None
-        self._gateway: Gateway | None = None
+        self._gateway: PluginHost | None = None
 
-    async def startup(self, *, gateway: Gateway) -> None:
+    async def startup(self, *, gateway: PluginHost) -> None:
         self.store = gateway.store
         self._gateway = gateway
 
@@ -115,14 +101,15 @@ class ExactCache(Plugin):
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
         store = self.store
+        if call.endpoint not in GENERATION:
+            return await call_next(call)
         control = parse_cache_control(call.headers.get("cache-control"))
-        request = call.request
-        reproducible = is_reproducible({"temperature": request.temperature, "seed": request.seed})
+        data = call.body.data
+        reproducible = is_reproducible(data)
         if store is None or not control.may_write or (self.only_reproducible and not reproducible):
             self._count("bypass")
             call.response_headers[HEADER] = "bypass"
             return await call_next(call)
-        data: dict[str, Any] = msgspec.to_builtins(request)  # only for requests it may keep
         key = "exact:" + exact_key(call.endpoint, call.tenant, call.conversation_id, data)
         if control.may_read:
             raw = await store.get(key)
@@ -146,16 +133,16 @@ class ExactCache(Plugin):
         call.response_headers[HEADER] = "miss"
         return await self._lead(call, call_next, key, control)
 
-    def _serve(self, call: Call, body: Body) -> Reply:
-        if call.stream:
-            return Reply(stream=replay(body, include_usage=wants_usage(call)))
+    def _serve(self, call: Call, body: Payload) -> Reply:
+        if call.stream:  # the usage chunk too: the gateway hides it if the client did not ask
+            return Reply(stream=replay(body, include_usage=True))
         return Reply(body=body)
 
     async def _follow(self, call: Call, flight: Flight) -> Reply | None:
         """Shares the leader's answer; None when the leader failed before answering."""
         await flight.wait_started()
         if call.stream and flight.streaming:
-            return Reply(stream=flight.subscribe(_chunk_filter(call)))
+            return Reply(stream=flight.subscribe())
         await flight.wait_finished()
         if flight.body is None:
             return None
@@ -164,15 +151,17 @@ class ExactCache(Plugin):
     async def _lead(self, call: Call, call_next: Next, key: str, control: CacheControl) -> Reply:
         ttl = entry_ttl(self.ttl_s, self.max_ttl_s, control)
 
-        async def keep(body: Body) -> None:
+        chat = call.endpoint == "chat.completions"
+
+        async def keep(body: Payload) -> None:
             assert self.store is not None
-            await self.store.set(key, encode_entry(body, time.time()), ttl)
+            await self.store.set(key, encode_entry(body, time.time(), chat), ttl)
 
         # A no-cache request refreshes the entry but does not lead a flight others
         # would follow (it asked for a fresh answer; followers asked for any answer).
         flight = self.flights.start(key) if self.flights.get(key) is None else None
         try:
-            reply = await call_next(with_usage_chunk(call) if call.stream else call)
+            reply = await call_next(call)
         except BaseException as exc:
             if flight is not None:
                 flight.settle(None, exc)
@@ -186,16 +175,5 @@ class ExactCache(Plugin):
         if flight is None:
             flight = Flight()  # private: only this client reads it
         flight.pump(reply.stream, keep)
-        reply.stream = flight.subscribe(_chunk_filter(call))
+        reply.stream = flight.subscribe()
         return reply
-
-
-def _chunk_filter(call: Call) -> Any:
-    """Drops the usage chunk for clients that did not ask for it (the cache did)."""
-    if wants_usage(call):
-        return None
-
-    def keep(chunk: Chunk) -> bool:
-        return not is_usage_only(chunk)
-
-    return keep

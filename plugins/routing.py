@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from gateway.app import BACKEND, Gateway
-from gateway.call import Call, Chunk, Reply, close_stream
+from gateway.call import CHAT, COMPLETIONS, RESPONSES, Call, Reply, close_stream
 from gateway.errors import UpstreamError
+from gateway.payload import Chunk
 from gateway.plugin import Next, Plugin
-from gateway.schemas import ChatCompletionRequest
+from gateway.runtime.gateway import BACKEND
+from gateway.runtime.host import PluginHost
 from gateway.targets import Backend, ModelTarget
 from policies.circuit_breaker import CircuitBreaker
 from policies.retry import RetryBudget, should_retry
@@ -60,7 +61,7 @@ class Routing(Plugin):
         self._policies: dict[str, Policy] = {}  # per model target
         self._breaker = (failure_threshold, ejection_base_s, ejection_max_s)
 
-    async def startup(self, *, gateway: Gateway) -> None:
+    async def startup(self, *, gateway: PluginHost) -> None:
         """Gives every backend a breaker with this plugin's settings."""
         threshold, base, cap = self._breaker
         for backend in gateway.backends():
@@ -87,12 +88,17 @@ class Routing(Plugin):
         """The prompt's leading blocks (characters, a stand-in for tokens: the gateway does
         not tokenize) hashed as a chain, and the conversation id or `user` as affinity."""
         request = call.request
-        if isinstance(request, ChatCompletionRequest):
+        if call.endpoint == CHAT:
             text = "".join(f"\x1e{m.role}\x1f{m.content}" for m in request.messages)
-        else:
+        elif call.endpoint == COMPLETIONS:
             text = str(request.prompt)
+        elif call.endpoint == RESPONSES:
+            text = str(request.input)
+        else:
+            text = ""  # embeddings, audio, images...: any backend will do
         hashes = prefix_hash_chain(text, self.block_chars, self.max_blocks)
-        return RoutingKey(prefix_hashes=hashes, affinity=call.conversation_id or request.user)
+        user = getattr(request, "user", None)
+        return RoutingKey(prefix_hashes=hashes, affinity=call.conversation_id or user)
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
         target = call.target

@@ -31,19 +31,18 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
-from gateway.call import Body, Call, Chunk, Reply, close_stream
-from gateway.flight import is_usage_only
+from gateway.call import CHAT, Call, Reply
+from gateway.payload import Payload
 from gateway.plugin import Next, Plugin
 from gateway.replay import record, replay
-from gateway.schemas import ChatCompletion
 from gateway.stores import Store, StoreError
-from plugins.exact_cache import decode_entry, encode_entry, wants_usage, with_usage_chunk
+from plugins.exact_cache import decode_entry, encode_entry
 from plugins.semantic_index import IndexEntry, PartitionedIndex
 from policies.cache import (
     CacheControl,
@@ -56,7 +55,7 @@ from policies.cache import (
 from policies.semantic_verify import analyse, substitution, verify
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.runtime import PluginHost
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +109,14 @@ class SemanticCache(Plugin):
         self.shadow_rate, self.shadow_agreement = shadow_rate, shadow_agreement
         self.index: PartitionedIndex | None = None
         self.store: Store | None = None
-        self._gateway: Gateway | None = None
+        self._gateway: PluginHost | None = None
         self._embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._swept = time.monotonic()
         self.shadow_agreed = self.shadow_disagreed = 0
 
-    async def startup(self, *, gateway: Gateway) -> None:
-        embedder = gateway.embedder
-        if embedder is None:
-            embedder = await gateway.load_embedder()
+    async def startup(self, *, gateway: PluginHost) -> None:
+        embedder = await gateway.load_embedder()
         if embedder is None:
             raise RuntimeError("semantic_cache needs the embedding model ([embeddings] enabled)")
         self._gateway, self.store = gateway, gateway.store
@@ -194,16 +191,16 @@ class SemanticCache(Plugin):
             metrics.cache_outcome(self.name, outcome)
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
+        if call.endpoint != CHAT:
+            return await call_next(call)
         control = parse_cache_control(call.headers.get("cache-control"))
-        request = call.request
-        reproducible = is_reproducible({"temperature": request.temperature, "seed": request.seed})
+        data = call.body.data
         split = None
         if (
             self.index is not None
             and control.may_write
-            and (reproducible or not self.only_reproducible)
+            and (is_reproducible(data) or not self.only_reproducible)
         ):
-            data: dict[str, Any] = msgspec.to_builtins(request)
             split = semantic_split(call.endpoint, call.tenant, call.conversation_id, data)
         if split is None:
             self._count("bypass")
@@ -226,30 +223,26 @@ class SemanticCache(Plugin):
                 call.response_headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
                 if self.shadow_rate and random.random() < self.shadow_rate:
                     self._spawn(self._shadow(call, call_next, body))
-                if call.stream:
-                    return Reply(stream=replay(body, include_usage=wants_usage(call)))
+                if call.stream:  # the gateway hides the usage chunk if the client did not ask
+                    return Reply(stream=replay(body, include_usage=True))
                 return Reply(body=body)
         self._count("miss")
         call.response_headers[HEADER] = "miss"
         ttl = entry_ttl(self.ttl_s, self.max_ttl_s, control)
 
-        async def keep(body: Body) -> None:
+        async def keep(body: Payload) -> None:
             await self.add(split.context_key, split.query, vector, body, ttl)
 
-        reply = await call_next(with_usage_chunk(call) if call.stream else call)
+        reply = await call_next(call)
         if reply.body is not None:
             await keep(reply.body)
-        else:
-            assert reply.stream is not None
-            stream = record(reply.stream, keep)
-            if not wants_usage(call):
-                stream = _without_usage(stream)  # the cache asked for it, the client did not
-            reply.stream = stream
+        elif reply.stream is not None:
+            reply.stream = record(reply.stream, keep)
         return reply
 
     async def lookup(
         self, partition: str, query: str, vector: np.ndarray, max_age: float | None = None
-    ) -> tuple[float, Body] | None:
+    ) -> tuple[float, Payload] | None:
         """(similarity, answer) of the best verified entry, or None."""
         assert self.index is not None and self.store is not None
         found = self.index.search(partition, vector, self.k, self.threshold)
@@ -287,7 +280,7 @@ class SemanticCache(Plugin):
         return verify(entry.analysis, new, similarity).same
 
     async def add(
-        self, partition: str, query: str, vector: np.ndarray, body: Body, ttl_s: float
+        self, partition: str, query: str, vector: np.ndarray, body: Payload, ttl_s: float
     ) -> None:
         assert self.index is not None and self.store is not None
         now = time.time()
@@ -317,10 +310,11 @@ class SemanticCache(Plugin):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _shadow(self, call: Call, call_next: Next, cached: Body) -> None:
+    async def _shadow(self, call: Call, call_next: Next, cached: Payload) -> None:
         """Asks the backend too and compares its answer with the one served."""
-        request = msgspec.structs.replace(call.request, stream=False, stream_options=None)
-        fresh_call = call.replace(request=request, state={}, response_headers={})
+        fresh_call = call.edit(stream=None, stream_options=None).replace(
+            state={}, response_headers={}
+        )
         try:
             reply = await call_next(fresh_call)
             assert reply.body is not None and self._embed is not None
@@ -363,16 +357,10 @@ def _decode_stored(raw: bytes | None) -> StoredEntry | None:
         return None
 
 
-def _text(body: Body) -> str:
-    if isinstance(body, ChatCompletion):
-        return "".join(c.message.content or "" for c in body.choices)
-    return "".join(c.text for c in body.choices)
-
-
-async def _without_usage(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    try:
-        async for chunk in stream:
-            if not is_usage_only(chunk):
-                yield chunk
-    finally:
-        await close_stream(stream)
+def _text(body: Payload) -> str:
+    parts = []
+    for c in body.data.get("choices") or ():
+        message = c.get("message") or {}
+        content = message.get("content") if "message" in c else c.get("text")
+        parts.append(content if isinstance(content, str) else "")
+    return "".join(parts)

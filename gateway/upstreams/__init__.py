@@ -1,3 +1,3 @@
-from gateway.upstreams.base import ChatResult, CompletionResult, Upstream
+from gateway.upstreams.base import Upstream
 
-__all__ = ["ChatResult", "CompletionResult", "Upstream"]
+__all__ = ["Upstream"]

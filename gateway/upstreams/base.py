@@ -1,37 +1,27 @@
 """The seam between the gateway and whatever serves a model.
 
-An upstream answers a typed OpenAI request with either a complete response or an
-async iterator of chunks (when the request asked to stream). The in-process engine
-and remote OpenAI-compatible servers implement the same protocol.
+An upstream gets the call (the client's request as the chain left it), the model name
+to send upstream when the config aliases it, and the headers the gateway adds (request
+id, trace context, the client headers allowed through); it answers with a Reply: a
+complete JSON body, a stream of events, or raw content. The in-process engine and
+remote OpenAI-compatible servers implement the same protocol; `endpoints` says which
+operations an upstream serves itself (the gateway adapts the Responses API onto chat
+for one that does not, and refuses the rest).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
-from gateway.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-)
-
-ChatResult = ChatCompletion | AsyncIterator[ChatCompletionChunk]
-CompletionResult = Completion | AsyncIterator[Completion]
+if TYPE_CHECKING:
+    from gateway.call import Call, Reply
 
 
 class Upstream(Protocol):
-    # upstream_model: the name to send upstream when the config aliases the model
-    # (remote servers); an in-process engine serves one model and ignores it.
-    async def chat(
-        self, request: ChatCompletionRequest, upstream_model: str | None = None
-    ) -> ChatResult: ...
+    endpoints: frozenset[str]  # operations served natively (gateway.call's endpoint names)
 
-    async def complete(
-        self, request: CompletionRequest, upstream_model: str | None = None
-    ) -> CompletionResult: ...
+    async def send(self, call: Call, model: str | None, headers: Mapping[str, str]) -> Reply: ...
 
     async def ready(self) -> bool:
         """Whether the upstream can take requests now."""

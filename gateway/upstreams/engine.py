@@ -12,13 +12,18 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
 
 from backend.engine import Engine, RequestRejected
 from backend.request import Delta, RequestStream
 from backend.sampler import SamplingParams
-from gateway.errors import InvalidRequest
+from gateway.call import CHAT, COMPLETIONS, Call, Reply
+from gateway.errors import InvalidRequest, invalid_body
+from gateway.payload import Chunk, DecodeErrors, Payload, decoder
 from gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -33,9 +38,9 @@ from gateway.schemas import (
     CompletionChoice,
     CompletionRequest,
     CompletionTokensDetails,
+    PromptTokensDetails,
     Usage,
 )
-from gateway.upstreams.base import ChatResult, CompletionResult
 from gateway.upstreams.engine_params import (
     chat_logprobs,
     completion_logprobs,
@@ -56,9 +61,12 @@ class _Choice:
     top_logprobs: list[TopList] = field(default_factory=list)
     accepted_draft_tokens: int = 0
     rejected_draft_tokens: int = 0
+    cached_tokens: int | None = None  # of the prompt, from the prefix cache (first delta's)
 
     def count(self, delta: Delta) -> None:
         """Takes the delta's running totals (tokens and guesses so far), not its content."""
+        if self.cached_tokens is None:
+            self.cached_tokens = delta.cached_tokens
         self.completion_tokens = delta.completion_tokens
         self.accepted_draft_tokens = delta.accepted_draft_tokens
         self.rejected_draft_tokens = delta.rejected_draft_tokens
@@ -74,6 +82,8 @@ class _Choice:
 
 
 class EngineUpstream:
+    endpoints = frozenset({CHAT, COMPLETIONS})
+
     def __init__(self, engine: Engine, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -86,11 +96,26 @@ class EngineUpstream:
     async def close(self) -> None:
         await asyncio.to_thread(self.engine.shutdown)
 
+    async def send(self, call: Call, model: str | None, headers: Mapping[str, str]) -> Reply:
+        """The call's body read by the engine's own request types: every field it uses
+        checked (a 400 naming the bad one), fields it does not know ignored."""
+        chat = call.endpoint == CHAT
+        try:
+            request = decoder(ChatCompletionRequest if chat else CompletionRequest).decode(
+                call.body.raw
+            )
+        except DecodeErrors as exc:
+            raise invalid_body(exc) from None
+        result: Any = await (self.chat(request) if chat else self.complete(request))
+        if isinstance(result, msgspec.Struct):
+            return Reply(body=Payload.from_struct(result))
+        return Reply(stream=_chunks(result))
+
     # ---- chat ------------------------------------------------------------------------------
 
     async def chat(
-        self, request: ChatCompletionRequest, upstream_model: str | None = None
-    ) -> ChatResult:
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
         k = chat_logprobs(request)
         prompt = self._render(request.messages)
         max_tokens = request.max_completion_tokens or request.max_tokens
@@ -172,9 +197,7 @@ class EngineUpstream:
 
     # ---- legacy completions ---------------------------------------------------------------
 
-    async def complete(
-        self, request: CompletionRequest, upstream_model: str | None = None
-    ) -> CompletionResult:
+    async def complete(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         k = completion_logprobs(request)
         prompts = prompt_list(request.prompt)
         params = sampling_params(request, request.max_tokens, k, self.engine.tokenizer.vocab_size)
@@ -205,7 +228,7 @@ class EngineUpstream:
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(prompt_tokens, choices),
+            usage=_usage(prompt_tokens, choices, len(prompts)),
             system_fingerprint=self.fingerprint,
         )
 
@@ -252,7 +275,7 @@ class EngineUpstream:
                         ]
                     )
         if include_usage:
-            yield chunk([], _usage(sum(prompt_tokens.values()), totals))
+            yield chunk([], _usage(sum(prompt_tokens.values()), totals, len(echoes)))
 
     # ---- shared ----------------------------------------------------------------------------
 
@@ -276,6 +299,16 @@ class EngineUpstream:
                 s.abort()
             raise InvalidRequest(str(exc), param=param, code=exc.code) from exc
         return streams
+
+
+async def _chunks(structs: AsyncIterator[msgspec.Struct]) -> AsyncIterator[Chunk]:
+    try:
+        async for struct in structs:
+            yield Chunk.from_struct(struct)
+    finally:
+        aclose = getattr(structs, "aclose", None)
+        if aclose is not None:
+            await aclose()  # the client left: the engine requests are aborted
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
@@ -328,14 +361,19 @@ async def _collect(streams: list[RequestStream], n: int) -> tuple[list[_Choice],
     return choices, sum(prompt_tokens.values())
 
 
-def _usage(prompt_tokens: int, choices: list[_Choice]) -> Usage:
+def _usage(prompt_tokens: int, choices: list[_Choice], prompts: int = 1) -> Usage:
+    """n choices of one prompt count its tokens once (as OpenAI does); `prompts`: how
+    many different prompts the choices answer (legacy completions take several)."""
     completion = sum(c.completion_tokens for c in choices)
     accepted = sum(c.accepted_draft_tokens for c in choices)
     rejected = sum(c.rejected_draft_tokens for c in choices)
+    per_prompt = max(1, len(choices) // max(1, prompts))
+    cached = sum(c.cached_tokens or 0 for c in choices[::per_prompt])
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         total_tokens=prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
         completion_tokens_details=CompletionTokensDetails(
             accepted_prediction_tokens=accepted, rejected_prediction_tokens=rejected
         )

@@ -1,40 +1,41 @@
 """Any OpenAI-compatible server as an upstream (vLLM, SGLang, llama.cpp, Ollama, OpenAI,
-or our own `llm-gateway backend`), through one pooled httpx client per backend.
+or our own `llm-gateway backend`), over one pooled HTTP/1.1 transport per backend.
 
-- The request is re-encoded without the fields the client left unset, with `model`
-  replaced by the configured upstream name (aliasing).
+- Lossless: the request body goes out as the client sent it (plugins' edits and the
+  model alias applied, nothing else re-encoded); JSON answers come back as their bytes;
+  server-sent events keep their frames; any other answer (audio, files) streams through.
+- Headers: the group's API key, its extra headers and query parameters, and what the
+  gateway passes (request id, trace context, allowed client headers) go out; the
+  upstream's headers on the expose list come back, on answers and errors alike, with
+  its own request id as `x-upstream-request-id`.
 - Errors become OpenAI-shaped `UpstreamError`s whatever shape the upstream used: its
   4xx (and 429, with Retry-After) pass on with its message; its 5xx become 502, no
   connection 503, a timeout 504. The routing plugin reads `upstream_status` to decide
   on retries and circuit breaking.
-- Streams are parsed as SSE; an error event, a broken connection or an end without
-  `[DONE]` raises, so the client's stream ends with an error event, never a silent 200.
-  Closing the iterator (client gone) closes the upstream connection, which is how an
-  OpenAI-compatible server learns to stop generating.
+- Streams: an error event, a broken connection, or an end without `[DONE]` (for the
+  Responses API: without its final event) raises, so the client's stream ends with an
+  error event, never a silent 200. Closing the stream (client gone) closes the upstream
+  connection, which is how an OpenAI-compatible server learns to stop generating.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
-import msgspec
 
-from gateway.errors import UpstreamError
-from gateway.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-)
-from gateway.upstreams.base import ChatResult, CompletionResult
+from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Call, Reply
+from gateway.errors import UpstreamError, error_fields
+from gateway.headers import DEFAULT_EXPOSE, REQUEST_ID, UPSTREAM_REQUEST_ID, HeaderRules
+from gateway.multipart import replace_field
+from gateway.payload import Chunk, DecodeErrors, Payload
+from gateway.upstreams.sse_reader import EventReader
 from gateway.upstreams.transport import LeanTransport
+from gateway.views import AnswerView, ResponseEventView, ResponseObjectView
 from policies.retry import parse_retry_after
-
-T = TypeVar("T")
 
 _PASS_ON = {400, 401, 403, 404, 409, 413, 415, 422, 429}
 _TYPES = {
@@ -44,9 +45,20 @@ _TYPES = {
     404: "not_found_error",
     429: "rate_limit_error",
 }
+_PATHS = {
+    CHAT: "/chat/completions",
+    COMPLETIONS: "/completions",
+    RESPONSES: "/responses",
+    EMBEDDINGS: "/embeddings",
+}
+# How a Responses API stream ends when it ends properly (it has no [DONE]).
+_RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+_JSON = "application/json"
 
 
 class HttpUpstream:
+    endpoints = frozenset({CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, PASSTHROUGH})
+
     def __init__(
         self,
         base_url: str,
@@ -56,14 +68,19 @@ class HttpUpstream:
         connect_timeout: float = 5.0,
         read_timeout: float = 600.0,
         max_connections: int = 512,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        expose: HeaderRules | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
-        headers = {"content-type": "application/json"}
+        fixed = {k.lower(): v for k, v in (headers or {}).items()}
         if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._headers = httpx.Headers(headers)
+            fixed["authorization"] = f"Bearer {api_key}"
+        self._fixed = fixed
+        self._query = urlencode(dict(query or {}))
+        self._expose = expose or HeaderRules(DEFAULT_EXPOSE)
         # Requests go straight to the transport with httpx's Request/Response types: an
         # AsyncClient's per-request work (URL merging, cookies, auth and redirect hooks)
         # cost the gateway more than the HTTP exchange itself (py-spy), and a proxy to a
@@ -75,29 +92,46 @@ class HttpUpstream:
             "write": read_timeout,
             "pool": connect_timeout,
         }
-        self._urls = {p: httpx.URL(self.base_url + p) for p in _PATHS}
-        self._encoder = msgspec.json.Encoder()
+        self._urls: dict[str, httpx.URL] = {}
 
-    async def chat(
-        self, request: ChatCompletionRequest, upstream_model: str | None = None
-    ) -> ChatResult:
-        body = self._body(request, upstream_model)
-        if request.stream:
-            return await self._stream("/chat/completions", body, ChatCompletionChunk)
-        return await self._post("/chat/completions", body, ChatCompletion)
-
-    async def complete(
-        self, request: CompletionRequest, upstream_model: str | None = None
-    ) -> CompletionResult:
-        body = self._body(request, upstream_model)
-        if request.stream:
-            return await self._stream("/completions", body, Completion)
-        return await self._post("/completions", body, Completion)
+    async def send(self, call: Call, model: str | None, headers: Mapping[str, str]) -> Reply:
+        path = _PATHS.get(call.endpoint) if call.endpoint != PASSTHROUGH else None
+        content, content_type = self._content(call, model)
+        out = {**headers, **self._fixed}
+        if content_type is not None:
+            out["content-type"] = content_type
+        response = await self._open(call.method, path or call.path, call.query, content, out)
+        status = response.status_code
+        if status >= 400:
+            body = await _read_all(response)
+            raise self._status_error(status, body, response.headers)
+        reply_headers = self._exposed(response.headers)
+        if call.endpoint == PASSTHROUGH:
+            media = response.headers.get("content-type")
+            return Reply(
+                content=self._bytes(response), headers=reply_headers, status=status,
+                media_type=media,
+            )  # fmt: skip
+        if call.stream:
+            events = self._events(response, need_done=call.endpoint != RESPONSES)
+            return Reply(stream=events, headers=reply_headers)
+        try:
+            raw = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            await response.aclose()
+        payload = Payload.from_bytes(raw)
+        try:  # a quick look that it is JSON of the right shape; kept for metrics
+            payload.view(ResponseObjectView if call.endpoint == RESPONSES else AnswerView)
+        except DecodeErrors as exc:
+            raise UpstreamError(f"upstream {self.name} sent an invalid response: {exc}") from None
+        return Reply(body=payload, headers=reply_headers)
 
     async def ready(self) -> bool:
         short = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
         try:
-            response = await self._send("GET", "/models", b"", short)
+            response = await self._request("GET", "/models", "", b"", self._fixed, short)
             await response.aclose()
         except httpx.HTTPError:
             return False
@@ -108,80 +142,91 @@ class HttpUpstream:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _body(self, request: msgspec.Struct, upstream_model: str | None) -> bytes:
-        fields = {k: v for k, v in msgspec.structs.asdict(request).items() if v is not None}
-        if upstream_model:
-            fields["model"] = upstream_model
-        return self._encoder.encode(fields)
+    def _content(self, call: Call, model: str | None) -> tuple[bytes, str | None]:
+        if call.content is not None:
+            content = call.content
+            if model and model != call.model:
+                content = replace_field(content, call.content_type, "model", model)
+            return content, call.content_type
+        if call.method in ("GET", "DELETE", "HEAD"):
+            return b"", None
+        body = call.body
+        if model and model != call.request.model:
+            body = Payload.of({**body.data, "model": model})
+        return body.raw, _JSON
 
-    async def _send(
-        self, method: str, path: str, body: bytes, timeouts: dict[str, float] | None = None
+    def _url(self, path: str, query: str) -> httpx.URL:
+        key = path + "?" + query
+        url = self._urls.get(key)
+        if url is None:
+            both = "&".join(q for q in (self._query, query) if q)
+            url = httpx.URL(self.base_url + path + ("?" + both if both else ""))
+            if len(self._urls) < 1024:  # the fixed routes; passthrough paths vary
+                self._urls[key] = url
+        return url
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        content: bytes,
+        headers: Mapping[str, str],
+        timeouts: dict[str, float] | None = None,
     ) -> httpx.Response:
         request = httpx.Request(
             method,
-            self._urls[path],
-            headers=self._headers,
-            content=body,
+            self._url(path, query),
+            headers=headers,
+            content=content,
             extensions={"timeout": timeouts or self._timeouts},
         )
         return await self._transport.handle_async_request(request)
 
-    async def _post(self, path: str, body: bytes, type_: type[T]) -> T:
+    async def _open(
+        self, method: str, path: str, query: str, content: bytes, headers: Mapping[str, str]
+    ) -> httpx.Response:
         try:
-            response = await self._send("POST", path, body)
-            try:
-                content = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
-            finally:
-                await response.aclose()
+            return await self._request(method, path, query, content, headers)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
-        if response.status_code >= 400:
-            raise self._status_error(response.status_code, content, response.headers)
-        try:
-            return msgspec.json.decode(content, type=type_)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise UpstreamError(f"upstream {self.name} sent an invalid response: {exc}") from None
 
-    async def _stream(self, path: str, body: bytes, type_: type[T]) -> AsyncIterator[T]:
-        """Opened on first iteration: the status is checked before any chunk is yielded,
-        so an upstream 4xx/5xx still reaches the client as a proper HTTP error."""
-        try:
-            response = await self._send("POST", path, body)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        if response.status_code >= 400:
-            try:
-                content = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
-            except httpx.HTTPError:
-                content = b""
-            await response.aclose()
-            raise self._status_error(response.status_code, content, response.headers)
-        return self._chunks(response, type_)
+    def _exposed(self, headers: httpx.Headers) -> dict[str, str]:
+        out = self._expose.pick_raw(headers.raw)
+        upstream_id = headers.get(REQUEST_ID)
+        if upstream_id:
+            out[UPSTREAM_REQUEST_ID] = upstream_id
+        return out
 
-    async def _chunks(self, response: httpx.Response, type_: type[T]) -> AsyncIterator[T]:
-        decoder = msgspec.json.Decoder(type_)
-        done = False
+    async def _bytes(self, response: httpx.Response) -> AsyncIterator[bytes]:
         try:
-            async for line in _lines(response):
-                if not line.startswith(b"data:"):
-                    continue  # comments, event:/id: lines, blank separators
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    break
-                if data.startswith(b'{"error"'):
-                    raise self._status_error(502, data, response.headers, mid_stream=True)
-                try:
-                    yield decoder.decode(data)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    raise UpstreamError(
-                        f"upstream {self.name} sent an invalid chunk: {exc}"
-                    ) from None
+            async for part in response.stream:  # type: ignore[union-attr]
+                yield part
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, mid_stream=True) from None
         finally:
             await response.aclose()
-        if not done:
+
+    async def _events(self, response: httpx.Response, need_done: bool) -> AsyncIterator[Chunk]:
+        """The upstream's events as they arrive. Reads on past `[DONE]` to the body's
+        end, so the connection goes back to the pool rather than being closed."""
+        reader = EventReader()
+        finished = False
+        try:
+            async for data in response.stream:  # type: ignore[union-attr]
+                for chunk in reader.feed(data):
+                    if need_done and chunk.raw.startswith(b'{"error"'):
+                        raise self._status_error(502, chunk.raw, response.headers, mid_stream=True)
+                    if not need_done and _ends_response(chunk):
+                        finished = True
+                    yield chunk
+        except httpx.HTTPError as exc:
+            if not (reader.done if need_done else finished):
+                raise self._transport_error(exc, mid_stream=True) from None
+            # the answer was complete; only the connection's end was not clean
+        finally:
+            await response.aclose()
+        if not (reader.done if need_done else finished):
             raise UpstreamError(
                 f"upstream {self.name} ended the stream before it was complete",
                 code="upstream_stream_cut",
@@ -202,8 +247,9 @@ class HttpUpstream:
     def _status_error(
         self, status: int, content: bytes, headers: httpx.Headers, mid_stream: bool = False
     ) -> UpstreamError:
-        message, type_, param, code = _error_fields(content)
+        message, type_, param, code = error_fields(content)
         retry_after = parse_retry_after(headers.get("retry-after"), time.time())
+        exposed = self._exposed(headers)
         if status in _PASS_ON and not mid_stream:
             return UpstreamError(
                 message or f"upstream {self.name} refused the request ({status})",
@@ -213,6 +259,7 @@ class HttpUpstream:
                 error_type=type_ or _TYPES.get(status, "invalid_request_error"),
                 param=param,
                 code=code,
+                headers=exposed,
             )
         return UpstreamError(
             f"upstream {self.name} failed ({status}): {message or 'no details'}",
@@ -220,47 +267,24 @@ class HttpUpstream:
             upstream_status=status,
             retry_after=retry_after,
             code=code,
+            headers=exposed,
         )
 
 
-_PATHS = ("/chat/completions", "/completions", "/models")
+def _ends_response(chunk: Chunk) -> bool:
+    name: Any = chunk.event
+    if name is None:
+        try:
+            name = chunk.view(ResponseEventView).type
+        except DecodeErrors:
+            return False
+    return name in _RESPONSE_ENDS
 
 
-async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body's lines (LF or CRLF) as they arrive."""
-    buffer = b""
-    async for part in response.stream:  # type: ignore[union-attr]
-        buffer += part
-        *complete, buffer = buffer.split(b"\n")
-        for line in complete:
-            yield line.rstrip(b"\r")
-    if buffer:
-        yield buffer.rstrip(b"\r")
-
-
-def _error_fields(content: bytes) -> tuple[str, str | None, str | None, str | None]:
-    """(message, type, param, code) from OpenAI's {"error": {...}}, FastAPI's
-    {"detail": ...}, {"message": ...}, {"error": "text"} or plain text."""
+async def _read_all(response: httpx.Response) -> bytes:
     try:
-        data: Any = msgspec.json.decode(content)
-    except msgspec.DecodeError:
-        return content.decode(errors="replace").strip()[:500], None, None, None
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("detail") or ""
-            if not isinstance(message, str):
-                message = msgspec.json.encode(message).decode()
-            return (
-                message[:2000],
-                _str(err.get("type")),
-                _str(err.get("param")),
-                _str(err.get("code")),
-            )
-        if isinstance(err, str):
-            return err[:2000], None, None, None
-    return str(data)[:500], None, None, None
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
+        return b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+    except httpx.HTTPError:
+        return b""
+    finally:
+        await response.aclose()

@@ -191,17 +191,14 @@ class _Body(httpx.AsyncByteStream):
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: one piece per read of the socket (for a chunked body,
+        every HTTP chunk that read completed, joined), so a burst of server-sent events
+        costs one pass through the layers above rather than one per event."""
         reader = self.conn.reader
         try:
             if self.chunked:
-                while True:
-                    line = await self._read(reader.readuntil(b"\r\n"))
-                    size = int(line.split(b";")[0].strip(), 16)
-                    if size == 0:
-                        await self._read(reader.readuntil(b"\r\n"))  # no trailers expected
-                        break
-                    data = await self._read(reader.readexactly(size + 2))
-                    yield data[:-2]
+                async for data in self._chunked(reader):
+                    yield data
             elif self.length is not None:
                 left = self.length
                 while left:
@@ -219,6 +216,40 @@ class _Body(httpx.AsyncByteStream):
             raise httpx.RemoteProtocolError(
                 f"connection lost: {exc!r}", request=self.request
             ) from exc
+
+    async def _chunked(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        buffer = b""
+        while True:
+            parts: list[bytes] = []
+            while True:  # every chunk the buffer holds whole
+                eol = buffer.find(b"\r\n")
+                if eol < 0:
+                    break
+                try:
+                    size = int(buffer[:eol].split(b";")[0].strip(), 16)
+                except ValueError:
+                    raise httpx.RemoteProtocolError(
+                        "bad chunk size line", request=self.request
+                    ) from None
+                if size == 0:
+                    end = buffer.find(b"\r\n\r\n", eol)  # the last chunk, then trailers
+                    if end < 0:
+                        break
+                    if len(buffer) > end + 4:
+                        self.keep_alive = False  # bytes past the body: not reusable
+                    if parts:
+                        yield b"".join(parts)
+                    return
+                if len(buffer) < eol + size + 4:
+                    break
+                parts.append(buffer[eol + 2 : eol + 2 + size])
+                buffer = buffer[eol + size + 4 :]
+            if parts:
+                yield b"".join(parts) if len(parts) > 1 else parts[0]
+            data = await self._read(reader.read(65536))
+            if not data:
+                raise httpx.RemoteProtocolError("body ended early", request=self.request)
+            buffer = buffer + data if buffer else data
 
     async def _read(self, aw: Awaitable[bytes]) -> bytes:
         try:

@@ -4,14 +4,13 @@ errors from below, keyword-only hooks that declare a subset of the arguments."""
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
-from gateway.call import Call, Chunk, Reply
+from gateway.call import Call, Reply
 from gateway.chain import Chain, ChainEntry
 from gateway.errors import UpstreamError
+from gateway.payload import Chunk
 from gateway.plugin import Next, Plugin
-from gateway.schemas import ChatCompletionChunk, ChatCompletionRequest, ChatMessage
 from gateway.testing.conformance import FakeUpstream, collect, expected_text, make_call
 
 pytestmark = pytest.mark.anyio
@@ -45,11 +44,11 @@ class Upper(Plugin):
     name = "upper"
 
     async def handle(self, *, call: Call, call_next: Next) -> Reply:
-        assert isinstance(call.request, ChatCompletionRequest)
-        msgs = [ChatMessage(role="user", content=str(call.request.messages[-1].content).upper())]
-        return await call_next(
-            call.replace(request=msgspec.structs.replace(call.request, messages=msgs))
-        )
+        last = call.body.data["messages"][-1]
+        msgs = [{**last, "content": str(last["content"]).upper()}]
+        changed = call.edit(messages=msgs)
+        assert changed.request.messages[-1].content == msgs[0]["content"]  # the view follows
+        return await call_next(changed)
 
 
 class Replay(Plugin):
@@ -69,10 +68,12 @@ class Shout(Plugin):
     name = "shout"
 
     async def on_chunk(self, *, chunk: Chunk) -> Chunk:
-        assert isinstance(chunk, ChatCompletionChunk)
-        for c in chunk.choices:
-            c.delta.content = (c.delta.content or "").upper()
-        return chunk
+        data = chunk.data
+        choices = [
+            {**c, "delta": {**c["delta"], "content": (c["delta"].get("content") or "").upper()}}
+            for c in data.get("choices") or ()
+        ]
+        return Chunk.of({**data, "choices": choices})
 
 
 class Broken(Plugin):

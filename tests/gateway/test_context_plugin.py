@@ -8,44 +8,22 @@ import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import pytest
 
-from gateway.call import Call, Chunk, Reply
+from gateway.call import CHAT, COMPLETIONS, Call, Reply, make_call
 from gateway.chain import Chain, ChainEntry
 from gateway.errors import InvalidRequest, UpstreamError
-from gateway.schemas import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatDelta,
-    ChatMessage,
-    CompletionRequest,
-    FunctionCall,
-    ToolCall,
-    Usage,
-)
+from gateway.payload import Chunk, Payload
 from gateway.stores import StoreError
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.memory import MemoryStore
-from gateway.testing.conformance import check_plugin, collect
+from gateway.testing.conformance import check_plugin, collect, plugin_host
 from plugins.context import ConversationContext, decode_history, store_key
 from policies.context import estimate_tokens
 
 pytestmark = pytest.mark.anyio
 
 Msg = dict[str, Any]
-
-
-class StandIn:
-    """What the plugin reads from the gateway at start-up."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.metrics = None
 
 
 class Recorder:
@@ -55,15 +33,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[list[Msg]] = []
-        self.requests: list[Any] = []
+        self.requests: list[Call] = []
         self.fail = self.cut = self.unfinished = False
-        self.tool_calls: list[ToolCall] | None = None
+        self.tool_calls: list[Msg] | None = None
         self.yields = 0  # times each call gives up the event loop before answering
 
     async def __call__(self, call: Call) -> Reply:
-        self.requests.append(call.request)
-        assert isinstance(call.request, ChatCompletionRequest)
-        self.seen.append([_plain(m) for m in call.request.messages])
+        self.requests.append(call)
+        self.seen.append([_plain(m) for m in call.body.data["messages"]])
         text = f"reply {len(self.seen)}"
         for _ in range(self.yields):
             await asyncio.sleep(0)
@@ -71,32 +48,32 @@ class Recorder:
             raise UpstreamError("upstream down", status_code=502, upstream_status=500)
         if call.stream:
             return Reply(stream=self._chunks(text))
-        message = AssistantMessage(
-            content=None if self.tool_calls else text, tool_calls=self.tool_calls
-        )
-        choice = ChatChoice(index=0, message=message, finish_reason="stop")
-        usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
-        return Reply(
-            body=ChatCompletion(id="x", created=0, model="m", choices=[choice], usage=usage)
-        )
+        message: Msg = {"role": "assistant", "content": None if self.tool_calls else text}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+        head = {"id": "x", "object": "chat.completion", "created": 0, "model": "m"}
+        return Reply(body=Payload.of({**head, "choices": [choice], "usage": usage}))
 
     async def _chunks(self, text: str) -> AsyncIterator[Chunk]:
-        def chunk(delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
-            choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
-            return ChatCompletionChunk(id="x", created=0, model="m", choices=[choice])
+        def chunk(delta: Msg, finish: str | None = None) -> Chunk:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            head = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+            return Chunk.of({**head, "choices": [choice]})
 
-        yield chunk(ChatDelta(role="assistant", content=""))
+        yield chunk({"role": "assistant", "content": ""})
         for i, word in enumerate(text.split(" ")):
-            yield chunk(ChatDelta(content=word if i == 0 else " " + word))
+            yield chunk({"content": word if i == 0 else " " + word})
             await asyncio.sleep(0)
             if self.cut:
                 raise UpstreamError("connection reset", status_code=502)
         if not self.unfinished:
-            yield chunk(ChatDelta(), "stop")
+            yield chunk({}, "stop")
 
 
-def _plain(m: ChatMessage) -> Msg:
-    return {k: v for k, v in msgspec.to_builtins(m).items() if v is not None}
+def _plain(m: Msg) -> Msg:
+    return {k: v for k, v in m.items() if v is not None}
 
 
 def sys(text: str = "be brief") -> Msg:
@@ -118,15 +95,10 @@ def chat(
     stream: bool = False,
     max_tokens: int | None = None,
 ) -> Call:
-    request = ChatCompletionRequest(
-        model="m",
-        messages=msgspec.convert(list(messages), list[ChatMessage]),
-        stream=stream,
-        max_tokens=max_tokens,
-    )
-    return Call(
-        endpoint="chat.completions", request=request, tenant=tenant, conversation_id=conversation
-    )
+    data: Msg = {"model": "m", "messages": list(messages), "stream": stream}
+    if max_tokens is not None:
+        data["max_tokens"] = max_tokens
+    return make_call(CHAT, data, tenant=tenant, conversation_id=conversation)
 
 
 class Setup:
@@ -137,7 +109,7 @@ class Setup:
         self.chain = Chain([ChainEntry(plugin.name, plugin)], self.upstream)
 
     async def start(self) -> Setup:
-        await self.plugin.startup(gateway=StandIn(self.store))  # type: ignore[arg-type]
+        await self.plugin.startup(gateway=plugin_host(FailOpenStore(self.store)))
         return self
 
     async def stored(self, conversation: str = "conv-1", tenant: str = "default") -> list[Msg]:
@@ -183,9 +155,9 @@ async def test_a_stream_reaches_the_client_unchanged_and_is_stored_complete() ->
     s = await setup()
     reply = await s.chain.run(chat(user("one"), stream=True))
     assert reply.stream is not None
-    chunks = [c async for c in reply.stream]
-    direct = [c async for c in s.upstream._chunks("reply 1")]
-    assert msgspec.json.encode(chunks) == msgspec.json.encode(direct)
+    chunks = [c.frame async for c in reply.stream]
+    direct = [c.frame async for c in s.upstream._chunks("reply 1")]
+    assert chunks == direct
     assert await s.stored() == [user("one"), bot("reply 1")]
 
 
@@ -277,13 +249,17 @@ async def test_stored_messages_are_bounded_keeping_the_system_prompt() -> None:
 
 async def test_tool_calls_and_results_are_kept_whole() -> None:
     s = await setup()
-    call = ToolCall(id="call_1", function=FunctionCall(name="weather", arguments='{"city":"Oslo"}'))
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+    }
     s.upstream.tool_calls = [call]
     await s.say(user("weather?"))
     s.upstream.tool_calls = None
     result = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
     await s.say(result)
-    assistant = {"role": "assistant", "tool_calls": [msgspec.to_builtins(call)]}
+    assistant = {"role": "assistant", "tool_calls": [call]}
     assert s.upstream.seen[-1] == [user("weather?"), assistant, result]
     assert await s.stored() == [user("weather?"), assistant, result, bot("reply 2")]
 
@@ -322,16 +298,15 @@ async def test_without_the_header_the_call_is_untouched() -> None:
     s = await setup()
     call = chat(user("hi"), conversation=None)
     reply = await s.chain.run(call)
-    assert s.upstream.requests == [call.request]
-    assert s.upstream.requests[0] is call.request
+    assert s.upstream.requests == [call]
+    assert s.upstream.requests[0] is call
     assert "x-conversation-id" not in reply.headers
     assert await s.store.scan("") == []
 
 
 async def test_legacy_completions_are_untouched() -> None:
     s = await setup()
-    request = CompletionRequest(model="m", prompt="hi")
-    call = Call(endpoint="completions", request=request, conversation_id="conv-1")
+    call = make_call(COMPLETIONS, {"model": "m", "prompt": "hi"}, conversation_id="conv-1")
     seen: list[Call] = []
 
     async def terminal(c: Call) -> Reply:
@@ -409,7 +384,7 @@ class DeadStore:
 
 async def test_a_dead_store_serves_requests_without_history() -> None:
     plugin = ConversationContext()
-    await plugin.startup(gateway=StandIn(FailOpenStore(DeadStore())))  # type: ignore[arg-type]
+    await plugin.startup(gateway=plugin_host(FailOpenStore(DeadStore())))
     upstream = Recorder()
     chain = Chain([ChainEntry(plugin.name, plugin)], upstream)
     assert await collect(await chain.run(chat(user("one")))) == "reply 1"
@@ -434,7 +409,7 @@ async def test_a_history_that_could_not_be_read_is_not_overwritten() -> None:
     plugin = ConversationContext()
     # No cooldown: the write after the failed read would reach the store.
     store = FailOpenStore(inner, cooldown_s=0.0)
-    await plugin.startup(gateway=StandIn(store))  # type: ignore[arg-type]
+    await plugin.startup(gateway=plugin_host(store))
     upstream = Recorder()
     chain = Chain([ChainEntry(plugin.name, plugin)], upstream)
     await collect(await chain.run(chat(user("one"))))

@@ -1,7 +1,7 @@
 """Embeddings with the real all-MiniLM-L6-v2: the model agrees with sentence-transformers,
 the Embedder batches concurrent callers and keeps their rows apart, and POST
-/v1/embeddings answers in OpenAI's shape (Litestar's test client, and the official SDK
-against a real uvicorn server)."""
+/v1/embeddings answers in OpenAI's shape (through the gateway's HTTP edge in process, and
+the official SDK against a real uvicorn server)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
 import uvicorn
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from gateway.auth import Authenticator
 from gateway.embeddings import (
@@ -35,8 +35,9 @@ from gateway.embeddings import (
     Encoded,
     default_model_path,
 )
-from gateway.embeddings_route import MAX_INPUTS, create_embeddings
-from gateway.errors import EXCEPTION_HANDLERS
+from gateway.embeddings_route import MAX_INPUTS
+from gateway.http import Edge, create_app
+from gateway.runtime import Gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -275,57 +276,48 @@ async def test_close_fails_the_request_in_flight_and_waits_for_the_model() -> No
 # ---- POST /v1/embeddings -------------------------------------------------------------------
 
 
-@dataclass
-class Host:
-    """What the route reads of the Gateway: auth, the names, the embedder (loaded)."""
-
-    embedder: Embedder | None = None
-    embedder_names: frozenset[str] = frozenset({DEFAULT_MODEL})
-    auth: Authenticator = field(default_factory=lambda: Authenticator({}))
-
-    async def load_embedder(self) -> Embedder | None:
-        return self.embedder
-
-
 def _app(
     model: EmbeddingModel | None,
     keys: dict[str, str] | None = None,
     names: tuple[str, ...] = (DEFAULT_MODEL,),
     **kw: Any,
-) -> Litestar:
-    """The route alone. The Embedder starts with the app, on the app's event loop (the test
-    client runs the app in a thread of its own)."""
-    host = Host(None, frozenset(names), Authenticator(keys or {}))
+) -> Edge:
+    """A gateway serving only the local embedding model; the Embedder starts on first
+    use, on the loop of whoever serves the app."""
+    factory = None
+    if model is not None:
 
-    async def start() -> None:
-        if model is not None:
-            host.embedder = await _started(model, **kw)
+        async def factory() -> Embedder:
+            return await _started(model, **kw)
 
-    async def stop() -> None:
-        if host.embedder is not None:
-            await host.embedder.close()
-
-    app = Litestar(
-        route_handlers=[create_embeddings],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        on_startup=[start],
-        on_shutdown=[stop],
-        openapi_config=None,
+    gw = Gateway(
+        {},
+        auth=Authenticator(keys or {}),
+        embedder_factory=factory,
+        embedder_names=frozenset(names),
     )
-    app.state.gateway = host
-    return app
+    return create_app(gw)
+
+
+@asynccontextmanager
+async def _client(app: Edge) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        try:
+            yield c
+        finally:  # the Embedder only: the model is the module's
+            if app.gateway.embedder is not None:
+                await app.gateway.embedder.close()
 
 
 @pytest.fixture
-async def client(model: EmbeddingModel) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(model: EmbeddingModel) -> AsyncIterator[httpx.AsyncClient]:
     names = (DEFAULT_MODEL, "text-embedding-3-small")
-    async with AsyncTestClient(_app(model, names=names)) as c:
+    async with _client(_app(model, names=names)) as c:
         yield c
 
 
-async def test_float_and_base64_answers(
-    client: AsyncTestClient[Litestar], model: EmbeddingModel
-) -> None:
+async def test_float_and_base64_answers(client: httpx.AsyncClient, model: EmbeddingModel) -> None:
     texts = TEXTS[:3]
     body = {"model": DEFAULT_MODEL, "input": texts, "encoding_format": "float"}
     reply = await client.post("/v1/embeddings", json=body)
@@ -348,7 +340,7 @@ async def test_float_and_base64_answers(
 
 
 async def test_one_string_an_alias_and_the_model_dimensions(
-    client: AsyncTestClient[Litestar],
+    client: httpx.AsyncClient,
 ) -> None:
     body = {"model": "text-embedding-3-small", "input": "hello", "dimensions": 384}
     reply = await client.post("/v1/embeddings", json=body)
@@ -375,7 +367,7 @@ async def test_one_string_an_alias_and_the_model_dimensions(
     ],
 )
 async def test_invalid_requests_are_400(
-    client: AsyncTestClient[Litestar], body: dict[str, Any], param: str | None
+    client: httpx.AsyncClient, body: dict[str, Any], param: str | None
 ) -> None:
     reply = await client.post("/v1/embeddings", json={"model": DEFAULT_MODEL, **body})
     assert reply.status_code == 400
@@ -384,25 +376,25 @@ async def test_invalid_requests_are_400(
     assert error["message"]
 
 
-async def test_malformed_json_is_400(client: AsyncTestClient[Litestar]) -> None:
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
     reply = await client.post("/v1/embeddings", content=b"{not json")
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_json"
 
 
 async def test_unknown_model_and_no_embedder_are_404(
-    client: AsyncTestClient[Litestar],
+    client: httpx.AsyncClient,
 ) -> None:
     reply = await client.post("/v1/embeddings", json={"model": "gpt-4o", "input": "x"})
     assert reply.status_code == 404
     assert reply.json()["error"]["code"] == "model_not_found"
-    async with AsyncTestClient(_app(None)) as bare:  # the name is configured, no model
+    async with _client(_app(None)) as bare:  # the name is configured, no model
         reply = await bare.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": "x"})
     assert reply.status_code == 404 and reply.json()["error"]["param"] == "model"
 
 
 async def test_api_keys_and_overload(model: EmbeddingModel) -> None:
     body = {"model": DEFAULT_MODEL, "input": "x"}
-    async with AsyncTestClient(_app(model, {"sk-good": "team-a"}, max_queue=2)) as c:
+    async with _client(_app(model, {"sk-good": "team-a"}, max_queue=2)) as c:
         assert (await c.post("/v1/embeddings", json=body)).status_code == 401
         ok = {"Authorization": "Bearer sk-good"}
         assert (await c.post("/v1/embeddings", json=body, headers=ok)).status_code == 200

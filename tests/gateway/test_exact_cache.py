@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 from typing import Any
 
-import msgspec
 import pytest
 
-from gateway.call import Call, Reply
+from gateway.call import COMPLETIONS, Call, Reply, make_call
 from gateway.chain import Chain, ChainEntry
 from gateway.errors import UpstreamError
-from gateway.schemas import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
+from gateway.payload import Payload
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.redis import RedisStore
-from gateway.targets import Backend, Group, ModelTarget
-from gateway.testing.conformance import FakeUpstream, check_plugin, collect
+from gateway.testing.conformance import FakeUpstream, check_plugin, collect, plugin_host
+from gateway.testing.conformance import make_call as chat_call
 from gateway.testing.redis_server import RedisProcess
 from plugins.exact_cache import ExactCache
 
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.anyio
 
 async def _cache(store: FailOpenStore, **settings: Any) -> ExactCache:
     plugin = ExactCache(**settings)
-    await plugin.startup(gateway=SimpleNamespace(store=store, metrics=None))  # type: ignore[arg-type]
+    await plugin.startup(gateway=plugin_host(store))
     return plugin
 
 
@@ -42,21 +40,8 @@ def _call(
     **fields: Any,
 ) -> Call:
     fields.setdefault("temperature", 0)
-    request = ChatCompletionRequest(
-        model="m",
-        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
-        stream=stream,
-        **fields,
-    )
-    request = msgspec.convert(msgspec.to_builtins(request), ChatCompletionRequest)
-    return Call(
-        endpoint="chat.completions",
-        request=request,
-        tenant=tenant,
-        headers=headers or {},
-        conversation_id=conversation,
-        target=ModelTarget("m", [Group("g", [Backend(id="b", group="g")])]),
-    )
+    call = chat_call(content, stream=stream, tenant=tenant, **fields)  # type: ignore[arg-type]
+    return call.replace(headers=headers or {}, conversation_id=conversation)
 
 
 async def _ask(chain: Chain, call: Call) -> tuple[str, str]:
@@ -132,8 +117,6 @@ async def test_history_and_tool_calls_are_part_of_the_key(store: FailOpenStore) 
     chain = Chain([ChainEntry("exact_cache", await _cache(store))], FakeUpstream())
 
     def with_history(args: str) -> Call:
-        call = _call()
-        assert isinstance(call.request, ChatCompletionRequest)
         history = [
             {"role": "user", "content": "weather?"},
             {"role": "assistant", "content": None, "tool_calls": [
@@ -142,10 +125,7 @@ async def test_history_and_tool_calls_are_part_of_the_key(store: FailOpenStore) 
             {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
             {"role": "user", "content": "What is 2+2?"},
         ]  # fmt: skip
-        request = msgspec.convert(
-            {**msgspec.to_builtins(call.request), "messages": history}, ChatCompletionRequest
-        )
-        return call.replace(request=request)
+        return _call().edit(messages=history)
 
     await _ask(chain, with_history('{"city": "Paris"}'))
     assert (await _ask(chain, with_history('{"city": "Paris"}')))[1] == "hit"
@@ -168,22 +148,18 @@ async def test_legacy_completions_are_cached_apart_from_chat(store: FailOpenStor
     async def upstream(call: Call) -> Reply:
         nonlocal calls
         calls += 1
-        from gateway.schemas import Completion, CompletionChoice, Usage
-
-        choice = CompletionChoice(index=0, text=" four", finish_reason="stop")
-        usage = Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
-        return Reply(body=Completion(id="x", created=0, model="m", choices=[choice], usage=usage))
+        choice = {"index": 0, "text": " four", "finish_reason": "stop"}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        head = {"id": "x", "object": "text_completion", "created": 0, "model": "m"}
+        return Reply(body=Payload.of({**head, "choices": [choice], "usage": usage}))
 
     chain = Chain([ChainEntry("exact_cache", plugin)], upstream)
-    call = _call()
-    text_call = call.replace(
-        endpoint="completions",
-        request=CompletionRequest(model="m", prompt="What is 2+2?", temperature=0),
-    )
+    await _ask(chain, _call("What is 2+2?"))  # the same text as a chat question
+    text_call = make_call(COMPLETIONS, {"model": "m", "prompt": "What is 2+2?", "temperature": 0})
     for _ in range(2):
         reply = await chain.run(text_call)
-    assert reply.headers["x-cache"] == "hit" and calls == 1
-    assert reply.body is not None and reply.body.choices[0].text == " four"  # type: ignore[union-attr]
+    assert reply.headers["x-cache"] == "hit" and calls == 2  # the chat answer was not used
+    assert reply.body is not None and reply.body.data["choices"][0]["text"] == " four"
 
 
 async def test_only_reproducible_requests_are_cached_by_default(store: FailOpenStore) -> None:
@@ -228,21 +204,20 @@ async def test_a_stream_is_stored_complete_and_replayed_with_usage(store: FailOp
     chain = Chain([ChainEntry("exact_cache", await _cache(store))], up)
     first = await chain.run(_call(stream=True))
     assert first.headers["x-cache"] == "miss"
-    chunks = [c async for c in first.stream]  # type: ignore[union-attr]
-    assert all(c.usage is None for c in chunks)  # it did not ask for usage: none shown
-    # The upstream was asked for usage so that the kept answer has it.
-    assert up.requests[0].stream_options is not None
-    assert up.requests[0].stream_options.include_usage
+    [c async for c in first.stream]  # type: ignore[union-attr]
+    # The gateway asked the upstream for usage (it hides it from this client), so the
+    # kept answer has it.
+    assert up.requests[0]["stream_options"] == {"include_usage": True}
 
     second = await chain.run(_call(stream=True, stream_options={"include_usage": True}))
     assert second.headers["x-cache"] == "hit"
-    replayed = [c async for c in second.stream]  # type: ignore[union-attr]
-    assert all(isinstance(c, ChatCompletionChunk) for c in replayed)
-    text = "".join(c.delta.content or "" for r in replayed for c in r.choices)
+    replayed = [c.data async for c in second.stream]  # type: ignore[union-attr]
+    assert {c["object"] for c in replayed} == {"chat.completion.chunk"}
+    text = "".join(c["delta"].get("content") or "" for r in replayed for c in r["choices"])
     assert text == "echo: What is 2+2?"
-    assert replayed[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in replayed if c.choices][-1] == "stop"
-    assert replayed[-1].choices == [] and replayed[-1].usage is not None
+    assert replayed[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [c["choices"][0]["finish_reason"] for c in replayed if c["choices"]][-1] == "stop"
+    assert replayed[-1]["choices"] == [] and replayed[-1]["usage"]["prompt_tokens"] == 3
     body = await chain.run(_call())  # the same answer, complete
     assert body.body is not None and await collect(body) == text
     assert up.calls == 1

@@ -9,23 +9,20 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.call import CHAT, COMPLETIONS, Call, Reply, make_call
 from gateway.errors import UpstreamError
-from gateway.schemas import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    ChatMessage,
-    Completion,
-    CompletionRequest,
-)
 from gateway.upstreams.http import HttpUpstream
 
 pytestmark = pytest.mark.anyio
 
 
-def _chat(stream: bool = False, **extra: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest(
-        model="m", messages=[ChatMessage(role="user", content="hi")], stream=stream, **extra
-    )
+def _chat(stream: bool = False, **extra: Any) -> Call:
+    data = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    return make_call(CHAT, {**data, **extra})
+
+
+async def _send(up: HttpUpstream, call: Call, model: str | None = None) -> Reply:
+    return await up.send(call, model, {})
 
 
 def _stats(url: str) -> dict[str, Any]:
@@ -37,17 +34,18 @@ async def test_complete_answer_alias_and_key(mock_upstream: Callable[..., str]) 
     url = mock_upstream(chunks=3)
     up = HttpUpstream(url, api_key="sk-up")
     try:
-        reply = await up.chat(_chat(temperature=0.5), upstream_model="real-name")
-        assert isinstance(reply, ChatCompletion)
-        assert reply.choices[0].message.content == "tok0 tok1 tok2 "
-        assert reply.usage.completion_tokens == 3
+        reply = await _send(up, _chat(temperature=0.5), "real-name")
+        assert reply.body is not None
+        assert reply.body.data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+        assert reply.body.data["usage"]["completion_tokens"] == 3
         sent = _stats(url)
         assert sent["last_body"]["model"] == "real-name"  # aliasing
         assert sent["last_body"]["temperature"] == 0.5
         assert "top_k" not in sent["last_body"]  # unset fields are not sent
         assert sent["auth"] == "Bearer sk-up"
-        legacy = await up.complete(CompletionRequest(model="m", prompt="x"))
-        assert isinstance(legacy, Completion) and legacy.choices[0].text == "tok0 tok1 tok2 "
+        legacy = await _send(up, make_call(COMPLETIONS, {"model": "m", "prompt": "x"}))
+        assert legacy.body is not None
+        assert legacy.body.data["choices"][0]["text"] == "tok0 tok1 tok2 "
     finally:
         await up.close()
 
@@ -55,12 +53,12 @@ async def test_complete_answer_alias_and_key(mock_upstream: Callable[..., str]) 
 async def test_stream_yields_chunks_and_usage(mock_upstream: Callable[..., str]) -> None:
     up = HttpUpstream(mock_upstream(chunks=4))
     try:
-        stream = await up.chat(_chat(stream=True))
-        assert not isinstance(stream, ChatCompletion)
-        chunks = [c async for c in stream]
-        text = "".join(c.delta.content or "" for ch in chunks for c in ch.choices)
+        reply = await _send(up, _chat(stream=True))
+        assert reply.stream is not None
+        chunks = [c.data async for c in reply.stream]
+        text = "".join(c["delta"].get("content") or "" for ch in chunks for c in ch["choices"])
         assert text == "tok0 tok1 tok2 tok3 "
-        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+        assert chunks[-1]["usage"]["completion_tokens"] == 4
     finally:
         await up.close()
 
@@ -68,10 +66,11 @@ async def test_stream_yields_chunks_and_usage(mock_upstream: Callable[..., str])
 async def test_a_stream_cut_mid_answer_raises(mock_upstream: Callable[..., str]) -> None:
     up = HttpUpstream(mock_upstream(chunks=8, die_after=2))
     try:
-        stream = await up.chat(_chat(stream=True))
+        reply = await _send(up, _chat(stream=True))
+        assert reply.stream is not None
         got = []
         with pytest.raises(UpstreamError) as info:
-            async for chunk in stream:  # type: ignore[union-attr]
+            async for chunk in reply.stream:
                 got.append(chunk)
         assert len(got) == 2  # what arrived before the cut was passed on
         assert info.value.status_code in (502, 503)
@@ -86,7 +85,7 @@ async def test_server_errors_become_502_with_the_upstream_status(
     try:
         for stream in (False, True):
             with pytest.raises(UpstreamError) as info:
-                await up.chat(_chat(stream=stream))
+                await _send(up, _chat(stream=stream))
             assert info.value.status_code == 502 and info.value.upstream_status == 500
             assert "mock mock failing" in info.value.message
     finally:
@@ -97,7 +96,7 @@ async def test_rate_limits_pass_on_with_retry_after(mock_upstream: Callable[...,
     up = HttpUpstream(mock_upstream(status=429, retry_after=7))
     try:
         with pytest.raises(UpstreamError) as info:
-            await up.chat(_chat())
+            await _send(up, _chat())
         assert info.value.status_code == 429 and info.value.upstream_status == 429
         assert info.value.retry_after == 7.0
         assert info.value.error_type == "server_error"  # the upstream's own type is kept
@@ -114,7 +113,7 @@ async def test_an_unreachable_upstream_is_503() -> None:
     up = HttpUpstream(f"http://127.0.0.1:{port}/v1", connect_timeout=1.0)
     try:
         with pytest.raises(UpstreamError) as info:
-            await up.chat(_chat())
+            await _send(up, _chat())
         assert info.value.status_code == 503 and info.value.upstream_status is None
         assert not await up.ready()
     finally:

@@ -24,8 +24,10 @@ def client(server_url: str) -> openai.OpenAI:
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == [MODEL_ID]
+    # The chat model, and the local embedding model /v1/embeddings serves.
+    assert [m.id for m in client.models.list()] == [MODEL_ID, "all-MiniLM-L6-v2"]
     assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    assert client.models.retrieve("all-MiniLM-L6-v2").id == "all-MiniLM-L6-v2"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
 

@@ -11,22 +11,15 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.app import Gateway
-from gateway.call import Call, Reply
+from gateway.call import CHAT, Call, Reply, make_call
 from gateway.chain import Chain, ChainEntry
 from gateway.embeddings import Embedder, EmbeddingModel
 from gateway.metrics import GatewayMetrics
-from gateway.schemas import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
-    ChatCompletionRequest,
-    Usage,
-)
+from gateway.payload import Payload
+from gateway.runtime import PluginHost
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.redis import RedisStore
 from gateway.targets import Backend, Group, ModelTarget
@@ -50,12 +43,18 @@ async def embedder(model: EmbeddingModel) -> AsyncIterator[Embedder]:
     await e.close()
 
 
+def _host(store: FailOpenStore, embedder: Any, metrics: Any = None) -> PluginHost:
+    async def load() -> Any:
+        return embedder
+
+    return PluginHost(store=store, metrics=metrics, backends=list, load_embedder=load)
+
+
 async def _cache(
     store: FailOpenStore, embedder: Embedder, metrics: Any = None, **settings: Any
 ) -> SemanticCache:
     plugin = SemanticCache(**settings)
-    gw = SimpleNamespace(store=store, embedder=embedder, metrics=metrics)
-    await plugin.startup(gateway=gw)  # type: ignore[arg-type]
+    await plugin.startup(gateway=_host(store, embedder, metrics))
     return plugin
 
 
@@ -69,12 +68,9 @@ def _call(
 ) -> Call:
     fields.setdefault("temperature", 0)
     messages = [*(history or []), {"role": "user", "content": content}]
-    request = msgspec.convert(
-        {"model": "m", "messages": messages, "stream": stream, **fields}, ChatCompletionRequest
-    )
-    return Call(
-        endpoint="chat.completions",
-        request=request,
+    return make_call(
+        CHAT,
+        {"model": "m", "messages": messages, "stream": stream, **fields},
         tenant=tenant,
         target=ModelTarget("m", [Group("g", [Backend(id="b", group="g")])]),
     )
@@ -86,8 +82,7 @@ async def _ask(chain: Chain, call: Call) -> tuple[str, str]:
 
 
 async def test_conforms(store: FailOpenStore, embedder: Embedder) -> None:
-    gw = Gateway({}, store=store, embedder=embedder)
-    await check_plugin(SemanticCache(), answers_itself=True, gateway=gw)
+    await check_plugin(SemanticCache(), answers_itself=True, gateway=_host(store, embedder))
 
 
 async def test_a_paraphrase_is_answered_from_the_cache(
@@ -174,10 +169,10 @@ async def test_a_streamed_answer_is_kept_and_replayed(
         _call("how can i reset my password", stream=True, stream_options={"include_usage": True})
     )
     assert second.headers["x-semantic-cache"] == "hit" and second.stream is not None
-    chunks = [c async for c in second.stream]
-    text = "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
+    chunks = [c.data async for c in second.stream]
+    text = "".join(c["delta"].get("content") or "" for ch in chunks for c in ch["choices"])
     assert text == "echo: How do I reset my password?"
-    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert chunks[-1]["usage"] is not None and chunks[-1]["choices"] == []
     assert up.calls == 1
 
 
@@ -223,12 +218,11 @@ async def test_entries_expire_and_the_index_is_bounded(
 
 def _fixed(text: str) -> Any:
     async def upstream(call: Call) -> Reply:
-        message = AssistantMessage(content=text)
-        usage = Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
-        choice = ChatChoice(index=0, message=message, finish_reason="stop")
-        return Reply(
-            body=ChatCompletion(id="x", created=0, model="m", choices=[choice], usage=usage)
-        )
+        message = {"role": "assistant", "content": text}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        body = {"id": "x", "object": "chat.completion", "created": 0, "model": "m"}
+        return Reply(body=Payload.of({**body, "choices": [choice], "usage": usage}))
 
     return upstream
 
@@ -267,8 +261,7 @@ async def test_a_failing_embedder_makes_the_cache_step_aside(store: FailOpenStor
             raise RuntimeError("embedding model crashed")
 
     plugin = SemanticCache()
-    gw = SimpleNamespace(store=store, embedder=Broken(), metrics=None)
-    await plugin.startup(gateway=gw)  # type: ignore[arg-type]
+    await plugin.startup(gateway=_host(store, Broken()))
     up = FakeUpstream()
     chain = Chain([ChainEntry("semantic_cache", plugin)], up)
     assert await _ask(chain, _call("What is a mutex?")) == ("echo: What is a mutex?", "bypass")

@@ -7,19 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import create_app
 from gateway.build import build_gateway
 from gateway.config import load_config
+from gateway.http import Edge, create_app
+from gateway.testing.client import app_client
 
 pytestmark = pytest.mark.anyio
 
 
-def _app(tmp_path: Path, upstream: str, capture: bool) -> tuple[object, InMemorySpanExporter]:
+def _app(tmp_path: Path, upstream: str, capture: bool) -> tuple[Edge, InMemorySpanExporter]:
     cfg = tmp_path / "g.toml"
     cfg.write_text(
         'plugins = ["routing"]\n'
@@ -46,7 +46,7 @@ async def test_request_plugin_and_upstream_spans(
         "temperature": 0.3,
         "stream_options": {"include_usage": True} if stream else None,
     }
-    async with AsyncTestClient(app) as client:  # type: ignore[arg-type]
+    async with app_client(app) as client:
         reply = await client.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200
     spans = {s.name: s for s in exporter.get_finished_spans()}
@@ -69,7 +69,7 @@ async def test_content_is_recorded_only_when_enabled(
 ) -> None:
     app, exporter = _app(tmp_path, mock_upstream(chunks=2), capture=True)
     body = {"model": "m", "messages": [{"role": "user", "content": "secret"}]}
-    async with AsyncTestClient(app) as client:  # type: ignore[arg-type]
+    async with app_client(app) as client:
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
     root = next(s for s in exporter.get_finished_spans() if s.name == "chat m")
     assert "secret" in str((root.attributes or {})["gen_ai.input.messages"])

@@ -31,6 +31,8 @@ class Stamp(Plugin):
     async def on_chunk(self, *, call: Call, chunk: Chunk) -> Chunk:
         count = call.state.get(CHUNKS, 0) + 1
         call.state[CHUNKS] = count
-        if chunk.usage is not None:  # the usage chunk closes a stream that asked for it
-            chunk.system_fingerprint = f"{chunk.system_fingerprint or ''}+chunks={count}"
+        data = chunk.data  # the chunk's JSON, every field (read-only: make a new chunk)
+        if data.get("usage") is not None:  # the usage chunk closes a stream
+            fingerprint = f"{data.get('system_fingerprint') or ''}+chunks={count}"
+            return Chunk.of({**data, "system_fingerprint": fingerprint})
         return chunk

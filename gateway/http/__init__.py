@@ -1,0 +1,27 @@
+"""The HTTP edge (ASGI): `create_app(gateway, registry)` is what uvicorn serves."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway.http.edge import Edge
+from gateway.runtime import Gateway
+
+__all__ = ["Edge", "create_app"]
+
+
+def create_app(gateway: Gateway, registry: CollectorRegistry | None = None) -> Edge:
+    """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
+    if registry is None:
+        return Edge(gateway)
+
+    def render() -> bytes:
+        if gateway.metrics is not None:
+            gateway.metrics.refresh(gateway.backends(), time.monotonic())
+            store = gateway.store
+            gateway.metrics.store_degraded.labels(store.kind).set(int(store.degraded))
+        return generate_latest(registry)
+
+    return Edge(gateway, render)

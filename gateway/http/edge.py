@@ -1,0 +1,179 @@
+"""The one HTTP edge: every route, served straight on ASGI, one way to write an answer
+and one way to write an error.
+
+A web framework's per-request machinery (router, handler signature parsing, response
+objects, middleware) was the largest single cost on the gateway's hot path (py-spy,
+~35% of its CPU at 16 clients), and a proxy needs none of it: the routes are a handful
+of fixed paths plus "anything else under /v1", which goes to the request's model
+(gateway/http/routes.py). Every answer and every error carries `x-request-id`.
+
+Streams: a watcher on `receive` ends the stream when the client disconnects, which
+closes the chain's stream and so the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.call import RESPONSES, Reply
+from gateway.errors import OpenAIError, error_body, server_error
+from gateway.headers import REQUEST_ID, request_id
+from gateway.http.routes import Routes
+from gateway.runtime import Gateway, Incoming
+from gateway.sse import encode_sse
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+_SSE = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx and friends: do not hold events back
+]
+
+
+class Edge:
+    def __init__(self, gateway: Gateway, metrics: Callable[[], bytes] | None = None) -> None:
+        """metrics: renders /metrics (Prometheus text); None: no /metrics route."""
+        self.gateway = gateway
+        self.routes = Routes(gateway, metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.gateway.close()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            headers[k.decode("latin-1").lower()] = v.decode("latin-1")
+        rid = request_id(headers.get(REQUEST_ID))
+        body = await _read(receive)
+        if body is None:
+            return  # the client left before sending its request
+        path, method = scope["path"], scope["method"]
+        incoming = Incoming(
+            method=method,
+            path=path,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body=body,
+            request_id=rid,
+        )
+        try:
+            reply, endpoint = await self.routes.dispatch(incoming)
+        except OpenAIError as exc:
+            await self._error(send, exc, rid)
+            return
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", method, path, rid)
+            await self._error(send, server_error(), rid)
+            return
+        await self._write(send, receive, reply, rid, endpoint)
+
+    async def _write(
+        self, send: Send, receive: Receive, reply: Reply, rid: str, endpoint: str
+    ) -> None:
+        out = [(REQUEST_ID.encode(), rid.encode("latin-1"))]
+        out += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
+        ]
+        if reply.body is not None:
+            body = reply.body.raw
+            out += [_JSON, (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": reply.status, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if reply.stream is not None:
+            head = _SSE + out
+            parts = encode_sse(reply.stream, done=endpoint != RESPONSES, request_id=rid)
+        else:
+            assert reply.content is not None
+            media = (reply.media_type or "application/octet-stream").encode("latin-1")
+            head = [(b"content-type", media), *out]
+            parts = reply.content
+        await send({"type": "http.response.start", "status": reply.status, "headers": head})
+        pump = asyncio.ensure_future(_pump(parts, send))
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watcher):
+                if not task.done():
+                    task.cancel()
+            for task in (pump, watcher):
+                try:
+                    await task
+                except (asyncio.CancelledError, OSError):
+                    pass
+                except Exception as exc:  # raw content cut off upstream: the client sees it end
+                    log.warning("answer to request %s cut off: %r", rid, exc)
+            aclose = getattr(parts, "aclose", None)
+            if aclose is not None:  # client gone: closes the chain's stream and the upstream
+                await aclose()
+
+    async def _error(self, send: Send, exc: OpenAIError, rid: str) -> None:
+        """The one place an error answer is written."""
+        body = error_body(exc)
+        headers = [(REQUEST_ID.encode(), rid.encode("latin-1")), _JSON]
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
+        ]
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def _read(receive: Receive) -> bytes | None:
+    """The request's whole body; None if the client left."""
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _pump(parts: AsyncIterator[bytes], send: Send) -> None:
+    async for part in parts:
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,132 @@
+"""What each path answers. Generation and JSON endpoints go through the runtime
+(gateway/runtime/serve.py); every other path under /v1 is forwarded to the upstream of
+the request's model, whatever it is (`/v1/moderations`, `/v1/audio/*`, `/v1/images/*`,
+`/v1/rerank`, ...), with auth, tenants, the plugin chain (routing, retries) and
+metrics as for chat.
+
+    POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings
+    GET  /v1/models, /v1/models/{id}
+    GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items  (stored responses)
+    *    /v1/...                    forwarded by model
+    GET  /health, /ready, /metrics
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Reply
+from gateway.errors import MethodNotAllowed, NotFound
+from gateway.payload import Payload
+from gateway.runtime import Gateway, Incoming, serve_call
+
+ENDPOINTS = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/responses": RESPONSES,
+    "/v1/embeddings": EMBEDDINGS,
+}
+API = "/v1"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Routes:
+    def __init__(self, gateway: Gateway, metrics: Callable[[], bytes] | None) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+
+    async def dispatch(self, incoming: Incoming) -> tuple[Reply, str]:
+        """The reply and the endpoint that made it; raises OpenAIError."""
+        path, method = incoming.path, incoming.method
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is not None:
+            _method(incoming, "POST")
+            return await serve_call(self.gateway, endpoint, incoming), endpoint
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            _method(incoming, "GET")
+            return self._models(incoming), "models"
+        if path.startswith("/v1/responses/"):
+            return await self._stored_response(incoming), RESPONSES
+        if path.startswith(API + "/"):
+            forwarded = Incoming(
+                method=method,
+                path=path[len(API) :],
+                query=incoming.query,
+                headers=incoming.headers,
+                body=incoming.body,
+                request_id=incoming.request_id,
+            )
+            return await serve_call(self.gateway, PASSTHROUGH, forwarded), PASSTHROUGH
+        if path == "/health":
+            _method(incoming, "GET")
+            return Reply(body=Payload.of({"status": "ok"})), "health"
+        if path == "/ready":
+            _method(incoming, "GET")
+            return await self._ready(), "ready"
+        if path == "/metrics" and self.metrics is not None:
+            _method(incoming, "GET")
+            return Reply(content=_once(self.metrics()), media_type=PROMETHEUS), "metrics"
+        raise NotFound(f"No route for {method} {path}.")
+
+    def _models(self, incoming: Incoming) -> Reply:
+        gw = self.gateway
+        gw.auth.tenant(incoming.headers.get("authorization"))
+        names = [*gw.models(), *sorted(gw.embedder_names - set(gw.models()))]
+        if incoming.path == "/v1/models":
+            cards = [_card(name, gw.started) for name in names]
+            return Reply(body=Payload.of({"object": "list", "data": cards}))
+        name = incoming.path[len("/v1/models/") :]
+        if name not in names:
+            gw.target(name)  # 404 in OpenAI's shape
+        return Reply(body=Payload.of(_card(name, gw.started)))
+
+    async def _stored_response(self, incoming: Incoming) -> Reply:
+        gw = self.gateway
+        tenant = gw.auth.tenant(incoming.headers.get("authorization"))
+        assert gw.responses is not None
+        rest = incoming.path[len("/v1/responses/") :]
+        response_id, _, tail = rest.partition("/")
+        if incoming.method == "GET" and tail in ("", "input_items"):
+            return await gw.responses.retrieve(tenant, response_id, input_items=tail != "")
+        if incoming.method == "DELETE" and not tail:
+            return await gw.responses.delete(tenant, response_id)
+        raise MethodNotAllowed(incoming.method, incoming.path)
+
+    async def _ready(self) -> Reply:
+        """Readiness: every model has a backend whose breaker lets calls through and that
+        says it is ready; 503 with the per-model picture otherwise."""
+        gw = self.gateway
+        now = time.monotonic()
+        checks = {}
+        for b in gw.backends():
+            checks[b.id] = b.breaker.available(now) and await b.client.ready()
+        models = {
+            name: any(checks[b.id] for g in t.groups for b in g.backends)
+            for name, t in gw.targets.items()
+        }
+        ok = all(models.values())
+        # A failing store does not make the gateway unready (caches step aside, requests go
+        # on) but it is worth a look: "degraded".
+        store_ok = await gw.store.check()
+        status = ("ready" if store_ok else "degraded") if ok else "unavailable"
+        payload = {
+            "status": status,
+            "models": models,
+            "backends": checks,
+            "store": {"kind": gw.store.kind, "ok": store_ok, "error": gw.store.last_error},
+        }
+        return Reply(body=Payload.of(payload), status=200 if ok else 503)
+
+
+def _method(incoming: Incoming, allowed: str) -> None:
+    if incoming.method != allowed:
+        raise MethodNotAllowed(incoming.method, incoming.path)
+
+
+def _card(name: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway"}
+
+
+async def _once(data: bytes):  # type: ignore[no-untyped-def]
+    yield data

@@ -1,0 +1,185 @@
+"""One request through the gateway, whatever serves HTTP: auth, the body read as the
+client sent it (a typed view of what the gateway uses; 400 when that is invalid), the
+model's target (404 when unknown), the model's chain, metrics and tracing.
+
+Streams: the upstream is always asked for the usage chunk (token metrics and caches
+need it); a client that did not ask for it never sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from opentelemetry import propagate
+
+from gateway import telemetry
+from gateway.call import EMBEDDINGS, GENERATION, PASSTHROUGH, Call, Reply, close_stream, view_type
+from gateway.embeddings_route import serve_embeddings
+from gateway.errors import InvalidRequest, NotFound, OpenAIError, invalid_body
+from gateway.multipart import boundary, read_field
+from gateway.payload import Chunk, DecodeErrors, Payload, decoder
+from gateway.replay import is_usage_only
+from gateway.runtime.gateway import UPSTREAM_SECONDS, Gateway
+from gateway.views import ModelOnly
+
+OVERHEAD_HEADER = "x-gateway-overhead-ms"
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One HTTP request as the edge read it."""
+
+    method: str
+    path: str  # passthrough: the path under /v1 ("/audio/speech"); else informational
+    query: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    request_id: str
+
+
+async def serve_call(gw: Gateway, endpoint: str, incoming: Incoming) -> Reply:
+    """The reply (its stream wrapped for metrics and tracing) with its headers; raises
+    OpenAIError for answers in OpenAI's error shape."""
+    started = time.perf_counter()
+    headers = incoming.headers
+    tenant = gw.auth.tenant(headers.get("authorization"))
+    if endpoint == EMBEDDINGS and _local_model(gw, incoming) in gw.embedder_names:
+        body = await serve_embeddings(gw, incoming.body)
+        return Reply(body=Payload.from_bytes(body))
+    call = _call(endpoint, incoming, tenant, started)
+    call.target = gw.target(call.model)
+    metrics = gw.metrics
+    span = None
+    if gw.tracer is not None:
+        parent = propagate.extract(headers)  # the caller's span, when it sent traceparent
+        span = telemetry.start_request_span(gw.tracer, call, gw.capture_content, parent)
+    try:
+        if span is None:
+            reply = await gw.chains[call.model].run(call)
+        else:
+            with telemetry.use_span(span):
+                reply = await gw.chains[call.model].run(call)
+    except BaseException as exc:
+        if metrics is not None and isinstance(exc, OpenAIError):
+            metrics.answered(call, exc.status_code)
+        if span is not None:
+            telemetry.record_error(span, exc)
+            span.end()
+        raise
+    if span is not None:
+        if reply.stream is None:
+            telemetry.record_body(span, reply, gw.capture_content)
+            span.end()
+        else:
+            reply.stream = telemetry.traced_stream(span, reply.stream, gw.capture_content)
+    own = time.perf_counter() - started - call.state.get(UPSTREAM_SECONDS, 0.0)
+    reply.headers[OVERHEAD_HEADER] = f"{own * 1e3:.3f}"
+    if metrics is not None:
+        metrics.observe_overhead(call.model, own)
+        if reply.stream is None:
+            metrics.answered(call, reply.status, reply.body)
+        else:
+            reply.stream = metrics.watch_stream(call, reply.stream)
+    if reply.stream is not None and not call.wants_usage:
+        reply.stream = _hide_usage(reply.stream)
+    return reply
+
+
+def _call(endpoint: str, incoming: Incoming, tenant: str, started: float) -> Call:
+    headers = incoming.headers
+    content_type = headers.get("content-type")
+    common = {
+        "endpoint": endpoint,
+        "tenant": tenant,
+        "headers": headers,
+        "conversation_id": headers.get("x-conversation-id"),
+        "request_id": incoming.request_id,
+        "path": incoming.path,
+        "method": incoming.method,
+        "query": incoming.query,
+        "started": started,
+    }
+    if endpoint == PASSTHROUGH and not _is_json(content_type, incoming.body):
+        # A form or a file: forwarded byte for byte, routed by its `model` field.
+        model = read_field(incoming.body, content_type, "model") if incoming.body else None
+        if not model and not incoming.body:
+            raise NotFound(
+                f"No route for {incoming.method} /v1{incoming.path}: requests are forwarded "
+                "by their `model`, and this one names none."
+            )
+        if not model:
+            raise InvalidRequest(
+                "This request names no model: send a `model` field to route it.",
+                param="model",
+                code="missing_model",
+            )
+        return Call(
+            body=Payload.of({}),
+            request=ModelOnly(model=model),
+            model=model,
+            content=incoming.body,
+            content_type=content_type,
+            **common,  # type: ignore[arg-type]
+        )
+    try:
+        request = decoder(view_type(endpoint)).decode(incoming.body)
+    except DecodeErrors as exc:
+        raise invalid_body(exc) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "The request body is nested too deeply.", code="invalid_json"
+        ) from None
+    model = request.model
+    if not model:
+        raise InvalidRequest(
+            "This request names no model: send `model` to route it.",
+            param="model",
+            code="missing_model",
+        )
+    call = Call(
+        body=Payload.from_bytes(incoming.body),
+        request=request,
+        model=model,
+        **common,  # type: ignore[arg-type]
+    )
+    if endpoint in GENERATION and call.stream:
+        options = call.request.stream_options
+        if not (options is not None and options.include_usage):
+            sent = call.body.data.get("stream_options")
+            asked = {**(sent if isinstance(sent, dict) else {}), "include_usage": True}
+            call = call.edit(stream_options=asked)
+            call.wants_usage = False
+    return call
+
+
+def _is_json(content_type: str | None, body: bytes) -> bool:
+    if content_type is None:
+        return bool(body) and body.lstrip()[:1] in (b"{", b"[")
+    if boundary(content_type) is not None:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _local_model(gw: Gateway, incoming: Incoming) -> str | None:
+    if not gw.embedder_names:
+        return None
+    try:
+        model: str | None = decoder(ModelOnly).decode(incoming.body).model
+    except DecodeErrors:
+        return next(iter(gw.embedder_names))  # let the embeddings route name the error
+    return model
+
+
+async def _hide_usage(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """The stream without the usage-only chunk the gateway asked for on the client's
+    behalf (the client did not ask for it)."""
+    try:
+        async for chunk in stream:
+            if b'"usage"' in chunk.raw and is_usage_only(chunk):
+                continue
+            yield chunk
+    finally:
+        await close_stream(stream)
