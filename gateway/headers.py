@@ -15,7 +15,7 @@ Names match case-insensitively; a rule ending in `*` matches every name it prefi
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from collections.abc import Iterable, Mapping
 
 REQUEST_ID = "x-request-id"
@@ -43,7 +43,7 @@ def request_id(sent: str | None) -> str:
     """The client's x-request-id when it is sane, else a new one."""
     if sent and _SANE_ID.fullmatch(sent):
         return sent
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{secrets.token_hex(16)}"
 
 
 class HeaderRules:

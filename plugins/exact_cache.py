@@ -104,12 +104,13 @@ class ExactCache(Plugin):
         if call.endpoint not in GENERATION:
             return await call_next(call)
         control = parse_cache_control(call.headers.get("cache-control"))
-        data = call.body.data
-        reproducible = is_reproducible(data)
+        view = call.request  # admission reads the view: no need to decode the whole body
+        reproducible = is_reproducible({"temperature": view.temperature, "seed": view.seed})
         if store is None or not control.may_write or (self.only_reproducible and not reproducible):
             self._count("bypass")
             call.response_headers[HEADER] = "bypass"
             return await call_next(call)
+        data = call.body.data
         key = "exact:" + exact_key(call.endpoint, call.tenant, call.conversation_id, data)
         if control.may_read:
             raw = await store.get(key)

@@ -194,13 +194,15 @@ class SemanticCache(Plugin):
         if call.endpoint != CHAT:
             return await call_next(call)
         control = parse_cache_control(call.headers.get("cache-control"))
-        data = call.body.data
+        view = call.request
+        reproducible = is_reproducible({"temperature": view.temperature, "seed": view.seed})
         split = None
         if (
             self.index is not None
             and control.may_write
-            and (is_reproducible(data) or not self.only_reproducible)
+            and (reproducible or not self.only_reproducible)
         ):
+            data = call.body.data
             split = semantic_split(call.endpoint, call.tenant, call.conversation_id, data)
         if split is None:
             self._count("bypass")

@@ -18,12 +18,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from gateway.batch import Batch, use_batch
 from gateway.call import RESPONSES, Reply
 from gateway.errors import OpenAIError, error_body, server_error
 from gateway.headers import REQUEST_ID, request_id
 from gateway.http.routes import Routes
 from gateway.runtime import Gateway, Incoming
-from gateway.sse import encode_sse
+from gateway.sse import DONE, encode_sse
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,21 @@ async def _read(receive: Receive) -> bytes | None:
 
 
 async def _pump(parts: AsyncIterator[bytes], send: Send) -> None:
+    """Writes the parts as they come; frames of one upstream burst go out in one write
+    (gateway/batch.py), and the last ones with the end of the answer."""
+
+    async def write(data: bytes) -> None:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    batch = Batch(write)
+    use_batch(batch)  # this task's context: the stream's generators run here
+    tail = b""
     async for part in parts:
-        await send({"type": "http.response.body", "body": part, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
+        if part is DONE:  # the stream's last frame: it goes with the end of the answer
+            tail = part
+            continue
+        await batch.add(part)
+    await send({"type": "http.response.body", "body": batch.take() + tail})
 
 
 async def _disconnected(receive: Receive) -> None:

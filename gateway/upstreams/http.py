@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from gateway.batch import current_batch
 from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Call, Reply
 from gateway.errors import UpstreamError, error_fields
 from gateway.headers import DEFAULT_EXPOSE, REQUEST_ID, UPSTREAM_REQUEST_ID, HeaderRules
@@ -208,18 +209,26 @@ class HttpUpstream:
             await response.aclose()
 
     async def _events(self, response: httpx.Response, need_done: bool) -> AsyncIterator[Chunk]:
-        """The upstream's events as they arrive. Reads on past `[DONE]` to the body's
-        end, so the connection goes back to the pool rather than being closed."""
+        """The upstream's events as they arrive. The events of one socket read are one
+        burst for the edge's batch (gateway/batch.py). Reads on past `[DONE]` to the
+        body's end, so the connection goes back to the pool rather than being closed."""
         reader = EventReader()
         finished = False
+        batch = current_batch()
         try:
             async for data in response.stream:  # type: ignore[union-attr]
-                for chunk in reader.feed(data):
+                events = reader.feed(data)
+                burst = batch is not None and len(events) > 1
+                if burst:
+                    batch.hold()  # type: ignore[union-attr]
+                for chunk in events:
                     if need_done and chunk.raw.startswith(b'{"error"'):
                         raise self._status_error(502, chunk.raw, response.headers, mid_stream=True)
                     if not need_done and _ends_response(chunk):
                         finished = True
                     yield chunk
+                if burst:
+                    await batch.release()  # type: ignore[union-attr]
         except httpx.HTTPError as exc:
             if not (reader.done if need_done else finished):
                 raise self._transport_error(exc, mid_stream=True) from None
