@@ -92,8 +92,8 @@ class Assembler:
             choice.logprobs = _merge_logprobs(choice.logprobs, c["logprobs"])
         if c.get("finish_reason") is not None:
             choice.finish_reason = c["finish_reason"]
-        for key, value in c.items():
-            if key not in _CHOICE_SKIP and value is not None:
+        for key, value in c.items():  # a null only until a value comes (vLLM's stop_reason)
+            if key not in _CHOICE_SKIP and (value is not None or key not in choice.extra):
                 choice.extra[key] = value
 
     @property

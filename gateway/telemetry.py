@@ -14,10 +14,12 @@ pass a tracer of their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -161,6 +163,15 @@ async def traced_stream(
         await close_stream(stream)
 
 
-def use_span(span: Span) -> Any:
-    """Makes `span` current for what runs inside (plugins, upstream spans nest under it)."""
-    return trace.use_span(span, end_on_exit=False)
+@contextlib.contextmanager
+def use_span(span: Span, parent: Context | None = None) -> Iterator[None]:
+    """Makes `span` current for what runs inside (plugins, upstream spans nest under it),
+    in the caller's context (`parent`: what its headers carried, baggage included, so
+    that goes upstream too)."""
+    token = None if parent is None else otel_context.attach(parent)
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            yield
+    finally:
+        if token is not None:
+            otel_context.detach(token)

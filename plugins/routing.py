@@ -14,6 +14,7 @@ has part of the answer).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -149,10 +150,13 @@ class Routing(Plugin):
                 return reply
         if last is not None:
             raise last
+        wait = _retry_after(target, time.monotonic())
         raise UpstreamError(
-            f"no backend of {target.name} is available (all ejected after failures)",
+            f"no backend of {target.name} is available (all ejected after failures or "
+            "held back by their Retry-After)",
             status_code=503,
             code="no_backend_available",
+            headers={"retry-after": str(wait)},
         )
 
     def _failed(self, backend: Backend, exc: UpstreamError) -> None:
@@ -181,3 +185,10 @@ class Routing(Plugin):
             else:
                 backend.breaker.release()
             await close_stream(stream)
+
+
+def _retry_after(target: ModelTarget, now: float) -> int:
+    """Whole seconds until the first of the target's backends may be tried again (at
+    least 1: a backend whose probe is in flight may be back at any moment)."""
+    waits = [b.breaker.open_until - now for g in target.groups for b in g.backends]
+    return max(1, math.ceil(min(waits, default=1.0)))

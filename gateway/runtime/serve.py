@@ -51,7 +51,7 @@ async def serve_call(gw: Gateway, endpoint: str, incoming: Incoming) -> Reply:
     call = _call(endpoint, incoming, tenant, started)
     call.target = gw.target(call.model)
     metrics = gw.metrics
-    span = None
+    span = parent = None
     if gw.tracer is not None:
         parent = propagate.extract(headers)  # the caller's span, when it sent traceparent
         span = telemetry.start_request_span(gw.tracer, call, gw.capture_content, parent)
@@ -59,7 +59,7 @@ async def serve_call(gw: Gateway, endpoint: str, incoming: Incoming) -> Reply:
         if span is None:
             reply = await gw.chains[call.model].run(call)
         else:
-            with telemetry.use_span(span):
+            with telemetry.use_span(span, parent):
                 reply = await gw.chains[call.model].run(call)
     except BaseException as exc:
         if metrics is not None and isinstance(exc, OpenAIError):
