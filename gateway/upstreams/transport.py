@@ -37,6 +37,10 @@ class _Conn:
         with contextlib.suppress(Exception):
             self.writer.close()
 
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
     @property
     def usable(self) -> bool:
         # A keep-alive peer that closed meanwhile shows as EOF on the reader.
@@ -64,20 +68,28 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head = self._head(request, len(body))
         for attempt in (0, 1):  # a pooled connection may have been closed by the peer
             reused, conn = await self._connection(origin, timeouts.get("connect"), request)
+            conn.writer.write(head + body)
+            watchdog = _Watchdog(conn, timeouts.get("read"))
             try:
-                conn.writer.write(head + body)
-                status, headers = await self._read_head(conn, timeouts.get("read"), request)
+                status, headers = await self._read_head(conn, request)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                watchdog.cancel()
                 conn.close()
+                if watchdog.fired:
+                    raise httpx.ReadTimeout(
+                        "timed out waiting for the response", request=request
+                    ) from exc
                 if reused and attempt == 0:
                     continue  # stale keep-alive connection: retry once on a fresh one
                 raise httpx.RemoteProtocolError(
                     f"connection lost: {exc!r}", request=request
                 ) from exc
             except BaseException:
+                watchdog.cancel()
                 conn.close()
                 raise
-            stream = _Body(self, origin, conn, headers, timeouts.get("read"), request)
+            watchdog.touch()
+            stream = _Body(self, origin, conn, headers, watchdog, request)
             return httpx.Response(status, headers=headers, stream=stream, request=request)
         raise AssertionError("unreachable")
 
@@ -135,13 +147,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return False, _Conn(reader, writer)
 
     async def _read_head(
-        self, conn: _Conn, timeout: float | None, request: httpx.Request
+        self, conn: _Conn, request: httpx.Request
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
         try:
-            async with asyncio.timeout(timeout):
-                raw = await conn.reader.readuntil(b"\r\n\r\n")
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout("timed out waiting for the response", request=request) from exc
+            raw = await conn.reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError as exc:
             raise httpx.RemoteProtocolError("response head too large", request=request) from exc
         lines = raw[:-4].split(b"\r\n")
@@ -162,6 +171,41 @@ class LeanTransport(httpx.AsyncBaseTransport):
             conn.close()
 
 
+class _Watchdog:
+    """The read timeout of one exchange (the gap allowed between bytes): each read only
+    notes the time, and one timer checks it lazily, aborting the connection once it has
+    been quiet that long (the pending read then fails and is reported as a timeout).
+    An asyncio.timeout around every read cost more than the read itself."""
+
+    __slots__ = ("_conn", "_handle", "_loop", "_timeout", "fired", "last")
+
+    def __init__(self, conn: _Conn, timeout: float | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._conn, self._timeout = conn, timeout
+        self.fired = False
+        self.last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self._handle = self._loop.call_at(self.last + timeout, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        assert self._timeout is not None
+        due = self.last + self._timeout
+        if self._loop.time() >= due:
+            self.fired, self._handle = True, None
+            self._conn.abort()
+        else:  # there was progress since: look again when the gap could be up
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class _Body(httpx.AsyncByteStream):
     """The response body, read as it arrives; the connection goes back to the pool when
     the body was read to its end, and is closed if the reader stops early."""
@@ -172,11 +216,11 @@ class _Body(httpx.AsyncByteStream):
         origin: tuple[str, str, int],
         conn: _Conn,
         headers: list[tuple[bytes, bytes]],
-        timeout: float | None,
+        watchdog: _Watchdog,
         request: httpx.Request,
     ) -> None:
         self.transport, self.origin, self.conn = transport, origin, conn
-        self.timeout, self.request = timeout, request
+        self.watchdog, self.request = watchdog, request
         self.length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -253,12 +297,21 @@ class _Body(httpx.AsyncByteStream):
 
     async def _read(self, aw: Awaitable[bytes]) -> bytes:
         try:
-            async with asyncio.timeout(self.timeout):
-                return await aw
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout("timed out reading the response", request=self.request) from exc
+            data = await aw
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if self.watchdog.fired:
+                raise self._timed_out() from exc
+            raise
+        if not data and self.watchdog.fired:
+            raise self._timed_out()
+        self.watchdog.touch()
+        return data
+
+    def _timed_out(self) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout("timed out reading the response", request=self.request)
 
     async def aclose(self) -> None:
+        self.watchdog.cancel()
         if self.done and self.keep_alive:
             self.transport._release(self.origin, self.conn)
         else:

@@ -3,6 +3,7 @@ streams, aliasing, upstream keys, and every error shape turned into OpenAI's."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -116,5 +117,39 @@ async def test_an_unreachable_upstream_is_503() -> None:
             await _send(up, _chat())
         assert info.value.status_code == 503 and info.value.upstream_status is None
         assert not await up.ready()
+    finally:
+        await up.close()
+
+
+async def test_a_silent_upstream_times_out(mock_upstream: Callable[..., str]) -> None:
+    url = mock_upstream(chunks=3, delay_ms=400)  # waits before answering, and per chunk
+    up = HttpUpstream(url, read_timeout=0.1)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await _send(up, _chat())
+        assert info.value.status_code == 504 and info.value.code == "upstream_timeout"
+    finally:
+        await up.close()
+
+
+async def test_a_connection_back_in_the_pool_outlives_the_read_timeout(
+    mock_upstream: Callable[..., str],
+) -> None:
+    """The per-exchange timer stops with the exchange: a kept-alive connection idle for
+    longer than the read timeout is reused, not aborted by a stale timer."""
+    url = mock_upstream(chunks=2)
+    up = HttpUpstream(url, read_timeout=0.05)
+    try:
+        for stream in (False, True):
+            reply = await _send(up, _chat(stream=stream))
+            if reply.stream is not None:
+                [c async for c in reply.stream]
+        pool = up._transport._idle  # type: ignore[attr-defined]
+        (idle,) = [c for conns in pool.values() for c in conns]
+        await asyncio.sleep(0.2)  # idle in the pool past the timeout (not a timing check)
+        assert idle.usable
+        reply = await _send(up, _chat())
+        assert reply.body is not None
+        assert [c for conns in pool.values() for c in conns] == [idle]  # the same one, reused
     finally:
         await up.close()
