@@ -54,18 +54,33 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._idle: defaultdict[tuple[str, str, int], list[_Conn]] = defaultdict(list)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = await request.aread()
+        timeouts = request.extensions.get("timeout", {})
+        return await self.send(
+            request.method, request.url, request.headers.raw, body, timeouts, request
+        )
+
+    async def send(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: dict[str, float],
+        request: httpx.Request | None = None,
+    ) -> httpx.Response:
+        """One exchange without building an httpx.Request (~20 µs a request, more than
+        the rest of this transport's work): what the gateway's upstream client calls.
+        `headers`: raw (name, value) pairs; `timeouts`: connect and read, seconds."""
         scheme = url.scheme
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
         port = url.port or (443 if scheme == "https" else 80)
         origin = (scheme, url.host, port)
-        timeouts = request.extensions.get("timeout", {})
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
-            body = await request.aread()
-        head = self._head(request, len(body))
+        head = self._head(method, url, headers, len(body))
         for attempt in (0, 1):  # a pooled connection may have been closed by the peer
             reused, conn = await self._connection(origin, timeouts.get("connect"), request)
             conn.writer.write(head + body)
@@ -101,11 +116,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _head(self, request: httpx.Request, length: int) -> bytes:
-        target = request.url.raw_path
-        lines = [request.method.encode() + b" " + target + b" HTTP/1.1"]
+    def _head(
+        self, method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], length: int
+    ) -> bytes:
+        lines = [method.encode() + b" " + url.raw_path + b" HTTP/1.1"]
         has_host = False
-        for k, v in request.headers.raw:
+        for k, v in headers:
             lk = k.lower()
             if lk == b"host":
                 has_host = True
@@ -113,13 +129,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 continue
             lines.append(k + b": " + v)
         if not has_host:
-            lines.append(b"host: " + request.url.netloc)
-        if length or request.method in ("POST", "PUT", "PATCH"):
+            lines.append(b"host: " + url.netloc)
+        if length or method in ("POST", "PUT", "PATCH"):
             lines.append(b"content-length: " + str(length).encode())
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     async def _connection(
-        self, origin: tuple[str, str, int], timeout: float | None, request: httpx.Request
+        self, origin: tuple[str, str, int], timeout: float | None, request: httpx.Request | None
     ) -> tuple[bool, _Conn]:
         idle = self._idle[origin]
         while idle:
@@ -147,7 +163,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return False, _Conn(reader, writer)
 
     async def _read_head(
-        self, conn: _Conn, request: httpx.Request
+        self, conn: _Conn, request: httpx.Request | None
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
         try:
             raw = await conn.reader.readuntil(b"\r\n\r\n")
@@ -217,7 +233,7 @@ class _Body(httpx.AsyncByteStream):
         conn: _Conn,
         headers: list[tuple[bytes, bytes]],
         watchdog: _Watchdog,
-        request: httpx.Request,
+        request: httpx.Request | None,
     ) -> None:
         self.transport, self.origin, self.conn = transport, origin, conn
         self.watchdog, self.request = watchdog, request
