@@ -61,6 +61,8 @@ class HeaderRules:
 
     def pick(self, headers: Mapping[str, str]) -> dict[str, str]:
         """The allowed ones of `headers` (whose names are lower-case)."""
+        if not self.prefixes:  # the usual case: a few names looked up, not every header
+            return {k: headers[k] for k in self.exact if k in headers}
         return {k: v for k, v in headers.items() if self.allows(k)}
 
     def pick_raw(self, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

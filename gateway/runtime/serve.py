@@ -89,48 +89,15 @@ async def serve_call(gw: Gateway, endpoint: str, incoming: Incoming) -> Reply:
 
 def _call(endpoint: str, incoming: Incoming, tenant: str, started: float) -> Call:
     headers = incoming.headers
-    content_type = headers.get("content-type")
-    common = {
-        "endpoint": endpoint,
-        "tenant": tenant,
-        "headers": headers,
-        "conversation_id": headers.get("x-conversation-id"),
-        "request_id": incoming.request_id,
-        "path": incoming.path,
-        "method": incoming.method,
-        "query": incoming.query,
-        "started": started,
-    }
-    if endpoint == PASSTHROUGH and not _is_json(content_type, incoming.body):
-        # A form or a file: forwarded byte for byte, routed by its `model` field.
-        model = read_field(incoming.body, content_type, "model") if incoming.body else None
-        if not model and not incoming.body:
-            raise NotFound(
-                f"No route for {incoming.method} /v1{incoming.path}: requests are forwarded "
-                "by their `model`, and this one names none."
-            )
-        if not model:
-            raise InvalidRequest(
-                "This request names no model: send a `model` field to route it.",
-                param="model",
-                code="missing_model",
-            )
-        return Call(
-            body=Payload.of({}),
-            request=ModelOnly(model=model),
-            model=model,
-            content=incoming.body,
-            content_type=content_type,
-            **common,  # type: ignore[arg-type]
-        )
+    if endpoint == PASSTHROUGH and not _is_json(headers.get("content-type"), incoming.body):
+        return _form_call(incoming, tenant, started)
     try:
         request = decoder(view_type(endpoint)).decode(incoming.body)
     except DecodeErrors as exc:
         raise invalid_body(exc) from None
     except RecursionError:
-        raise InvalidRequest(
-            "The request body is nested too deeply.", code="invalid_json"
-        ) from None
+        too_deep = "The request body is nested too deeply."
+        raise InvalidRequest(too_deep, code="invalid_json") from None
     model = request.model
     if not model:
         raise InvalidRequest(
@@ -139,10 +106,18 @@ def _call(endpoint: str, incoming: Incoming, tenant: str, started: float) -> Cal
             code="missing_model",
         )
     call = Call(
+        endpoint=endpoint,
         body=Payload.from_bytes(incoming.body),
         request=request,
         model=model,
-        **common,  # type: ignore[arg-type]
+        tenant=tenant,
+        headers=headers,
+        conversation_id=headers.get("x-conversation-id"),
+        request_id=incoming.request_id,
+        path=incoming.path,
+        method=incoming.method,
+        query=incoming.query,
+        started=started,
     )
     if endpoint in GENERATION and call.stream:
         options = call.request.stream_options
@@ -152,6 +127,39 @@ def _call(endpoint: str, incoming: Incoming, tenant: str, started: float) -> Cal
             call = call.edit(stream_options=asked)
             call.wants_usage = False
     return call
+
+
+def _form_call(incoming: Incoming, tenant: str, started: float) -> Call:
+    """A form or a file (or no body): forwarded byte for byte, routed by its `model`."""
+    content_type = incoming.headers.get("content-type")
+    model = read_field(incoming.body, content_type, "model") if incoming.body else None
+    if not model and not incoming.body:
+        raise NotFound(
+            f"No route for {incoming.method} /v1{incoming.path}: requests are forwarded "
+            "by their `model`, and this one names none."
+        )
+    if not model:
+        raise InvalidRequest(
+            "This request names no model: send a `model` field to route it.",
+            param="model",
+            code="missing_model",
+        )
+    return Call(
+        endpoint=PASSTHROUGH,
+        body=Payload.of({}),
+        request=ModelOnly(model=model),
+        model=model,
+        tenant=tenant,
+        headers=incoming.headers,
+        conversation_id=incoming.headers.get("x-conversation-id"),
+        request_id=incoming.request_id,
+        path=incoming.path,
+        method=incoming.method,
+        query=incoming.query,
+        content=incoming.body,
+        content_type=content_type,
+        started=started,
+    )
 
 
 def _is_json(content_type: str | None, body: bytes) -> bool:
