@@ -12,24 +12,19 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from msgspec import Struct
-
 from gateway.errors import InvalidRequest, invalid_body
 from gateway.payload import DecodeErrors, Payload
+from gateway.views import ResponsesView
 
 
-class ResponsesRequest(Struct, kw_only=True):
-    model: str
-    input: str | list[Any] | None = None
+class ResponsesRequest(ResponsesView, kw_only=True):
+    """The gateway's view (model, input, stream, sampling, previous_response_id) and
+    what the adapter reads besides."""
+
     instructions: str | None = None
-    previous_response_id: str | None = None
-    stream: bool | None = None
     store: bool | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None  # not OpenAI's, but chat upstreams take it
-    user: str | None = None
     metadata: dict[str, str] | None = None
     truncation: str | None = None
     parallel_tool_calls: bool | None = None
