@@ -56,10 +56,15 @@ class Assembler:
         self._extra: dict[str, Any] = {}
         self.usage: Any = None
         self.chat = True
+        self.unreadable = False  # an event that is not a JSON object: nothing to keep
 
     def feed(self, chunk: Payload) -> None:
-        data = chunk.data
+        try:
+            data = chunk.data
+        except DecodeErrors:
+            data = None
         if not isinstance(data, dict):
+            self.unreadable = True  # passed on to the client all the same
             return
         if self._head is None:
             self._head = data
@@ -99,8 +104,10 @@ class Assembler:
     @property
     def complete(self) -> bool:
         """Every choice that started has finished (a cut-off stream has one that has not)."""
-        return bool(self._choices) and all(
-            c.finish_reason is not None for c in self._choices.values()
+        return (
+            bool(self._choices)
+            and not self.unreadable
+            and all(c.finish_reason is not None for c in self._choices.values())
         )
 
     def body(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from gateway.call import COMPLETIONS, Call, Reply, make_call
 from gateway.chain import Chain, ChainEntry
 from gateway.errors import UpstreamError
-from gateway.payload import Payload
+from gateway.payload import Chunk, Payload
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.redis import RedisStore
 from gateway.testing.conformance import FakeUpstream, check_plugin, collect, plugin_host
@@ -324,3 +325,29 @@ async def test_a_dead_store_is_stepped_around(redis_process: RedisProcess) -> No
         assert store.degraded
     finally:
         await store.close()
+
+
+async def test_a_stream_with_an_event_that_is_not_json_reaches_the_client_and_is_not_kept(
+    store: FailOpenStore,
+) -> None:
+    up = FakeUpstream()
+
+    async def odd(call: Call) -> Reply:
+        reply = await up(call)
+        assert reply.stream is not None
+
+        async def with_text_event() -> AsyncIterator[Chunk]:
+            yield Chunk.received(b"keep-alive", b"data: keep-alive\n\n")
+            async for chunk in reply.stream:  # type: ignore[union-attr]
+                yield chunk
+
+        return Reply(stream=with_text_event())
+
+    chain = Chain([ChainEntry("exact_cache", await _cache(store))], odd)
+    reply = await chain.run(_call(stream=True))
+    assert reply.stream is not None
+    frames = [c.frame async for c in reply.stream]
+    assert frames[0] == b"data: keep-alive\n\n" and len(frames) > 3
+    again = await chain.run(_call(stream=True))
+    assert again.headers["x-cache"] == "miss"  # nothing was kept
+    assert again.stream is not None and [c.frame async for c in again.stream] == frames
