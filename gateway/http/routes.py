@@ -49,15 +49,7 @@ class Routes:
         if path.startswith("/v1/responses/"):
             return await self._stored_response(incoming), RESPONSES
         if path.startswith(API + "/"):
-            forwarded = Incoming(
-                method=method,
-                path=path[len(API) :],
-                query=incoming.query,
-                headers=incoming.headers,
-                body=incoming.body,
-                request_id=incoming.request_id,
-            )
-            return await serve_call(self.gateway, PASSTHROUGH, forwarded), PASSTHROUGH
+            return await serve_call(self.gateway, PASSTHROUGH, _forwarded(incoming)), PASSTHROUGH
         if path == "/health":
             _method(incoming, "GET")
             return Reply(body=Payload.of({"status": "ok"})), "health"
@@ -82,11 +74,17 @@ class Routes:
         return Reply(body=Payload.of(_card(name, gw.started)))
 
     async def _stored_response(self, incoming: Incoming) -> Reply:
+        """A response the gateway made (over chat, for the engine) is served from its
+        store; one an upstream made goes back to that upstream, by the model it was
+        made for (noted as it passed through)."""
         gw = self.gateway
         tenant = gw.auth.tenant(incoming.headers.get("authorization"))
         assert gw.responses is not None
         rest = incoming.path[len("/v1/responses/") :]
         response_id, _, tail = rest.partition("/")
+        model = await gw.responses.owner(tenant, response_id)
+        if model is not None and model in gw.targets:
+            return await serve_call(gw, PASSTHROUGH, _forwarded(incoming), model)
         if incoming.method == "GET" and tail in ("", "input_items"):
             return await gw.responses.retrieve(tenant, response_id, input_items=tail != "")
         if incoming.method == "DELETE" and not tail:
@@ -117,6 +115,18 @@ class Routes:
             "store": {"kind": gw.store.kind, "ok": store_ok, "error": gw.store.last_error},
         }
         return Reply(body=Payload.of(payload), status=200 if ok else 503)
+
+
+def _forwarded(incoming: Incoming) -> Incoming:
+    """The request with its path made relative to the API base (upstream URLs end in /v1)."""
+    return Incoming(
+        method=incoming.method,
+        path=incoming.path[len(API) :],
+        query=incoming.query,
+        headers=incoming.headers,
+        body=incoming.body,
+        request_id=incoming.request_id,
+    )
 
 
 def _method(incoming: Incoming, allowed: str) -> None:

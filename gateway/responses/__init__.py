@@ -7,6 +7,7 @@ One module per step of the way:
     output.py    a chat answer as the Response object
     events.py    a chat stream as the Responses streaming events
     store.py     stored responses (for previous_response_id, GET and DELETE)
+    owners.py    which model's upstream holds a response the gateway passed through
     adapter.py   ResponsesAdapter, which the gateway calls
 """
 

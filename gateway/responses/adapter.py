@@ -30,6 +30,7 @@ from gateway.responses.events import Keep, response_events
 from gateway.responses.items import Item, chat_messages, new_id
 from gateway.responses.items import input_items as read_input
 from gateway.responses.output import ResponseHead
+from gateway.responses.owners import ResponseOwners
 from gateway.responses.store import DEFAULT_TTL_S, ResponseStore, StoredResponse
 from gateway.stores.fail_open import FailOpenStore
 from gateway.views import ChatView
@@ -38,6 +39,21 @@ from gateway.views import ChatView
 class ResponsesAdapter:
     def __init__(self, store: FailOpenStore, *, ttl_s: float | None = DEFAULT_TTL_S) -> None:
         self.stored = ResponseStore(store, ttl_s)
+        self.owners = ResponseOwners(store, ttl_s)
+
+    async def passed_through(self, call: Call, reply: Reply) -> None:
+        """A response an upstream made itself: note where it lives (gateway/responses/
+        owners.py), so that GET/DELETE /v1/responses/{id} can go back there."""
+        if call.body.data.get("store") is False:
+            return
+        if reply.body is not None:
+            await self.owners.note_body(call.tenant, reply.body, call.model)
+        elif reply.stream is not None:
+            reply.stream = self.owners.noting(call.tenant, reply.stream, call.model)
+
+    async def owner(self, tenant: str, response_id: str) -> str | None:
+        """The model whose upstream holds `response_id`, when it was passed through."""
+        return await self.owners.owner(tenant, response_id)
 
     async def create(self, call: Call, chat: Callable[[Call], Awaitable[Reply]]) -> Reply:
         request = read_request(call.body)

@@ -153,7 +153,10 @@ class Gateway:
         began = time.perf_counter()
         try:
             if call.endpoint in upstream.endpoints:
-                return await upstream.send(call, target.upstream_model, headers)
+                reply = await upstream.send(call, target.upstream_model, headers)
+                if call.endpoint == RESPONSES and self.responses is not None:
+                    await self.responses.passed_through(call, reply)
+                return reply
             if call.endpoint == RESPONSES and CHAT in upstream.endpoints:
                 assert self.responses is not None
 

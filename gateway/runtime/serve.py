@@ -39,16 +39,19 @@ class Incoming:
     request_id: str
 
 
-async def serve_call(gw: Gateway, endpoint: str, incoming: Incoming) -> Reply:
+async def serve_call(
+    gw: Gateway, endpoint: str, incoming: Incoming, model: str | None = None
+) -> Reply:
     """The reply (its stream wrapped for metrics and tracing) with its headers; raises
-    OpenAIError for answers in OpenAI's error shape."""
+    OpenAIError for answers in OpenAI's error shape. `model`: the model to route a
+    passthrough request to when its body names none (a stored response's owner)."""
     started = time.perf_counter()
     headers = incoming.headers
     tenant = gw.auth.tenant(headers.get("authorization"))
     if endpoint == EMBEDDINGS and _local_model(gw, incoming) in gw.embedder_names:
         body = await serve_embeddings(gw, incoming.body)
         return Reply(body=Payload.from_bytes(body))
-    call = _call(endpoint, incoming, tenant, started)
+    call = _call(endpoint, incoming, tenant, started, model)
     call.target = gw.target(call.model)
     metrics = gw.metrics
     span = parent = None
@@ -87,10 +90,14 @@ async def serve_call(gw: Gateway, endpoint: str, incoming: Incoming) -> Reply:
     return reply
 
 
-def _call(endpoint: str, incoming: Incoming, tenant: str, started: float) -> Call:
+def _call(
+    endpoint: str, incoming: Incoming, tenant: str, started: float, model: str | None = None
+) -> Call:
     headers = incoming.headers
-    if endpoint == PASSTHROUGH and not _is_json(headers.get("content-type"), incoming.body):
-        return _form_call(incoming, tenant, started)
+    if endpoint == PASSTHROUGH and (
+        not incoming.body or not _is_json(headers.get("content-type"), incoming.body)
+    ):
+        return _form_call(incoming, tenant, started, model)
     try:
         request = decoder(view_type(endpoint)).decode(incoming.body)
     except DecodeErrors as exc:
@@ -129,10 +136,12 @@ def _call(endpoint: str, incoming: Incoming, tenant: str, started: float) -> Cal
     return call
 
 
-def _form_call(incoming: Incoming, tenant: str, started: float) -> Call:
-    """A form or a file (or no body): forwarded byte for byte, routed by its `model`."""
+def _form_call(incoming: Incoming, tenant: str, started: float, model: str | None) -> Call:
+    """A form or a file (or no body): forwarded byte for byte, routed by its `model`
+    (or by `model` when the caller knows it)."""
     content_type = incoming.headers.get("content-type")
-    model = read_field(incoming.body, content_type, "model") if incoming.body else None
+    if model is None and incoming.body:
+        model = read_field(incoming.body, content_type, "model")
     if not model and not incoming.body:
         raise NotFound(
             f"No route for {incoming.method} /v1{incoming.path}: requests are forwarded "

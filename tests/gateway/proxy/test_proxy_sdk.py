@@ -144,3 +144,31 @@ def test_response_streams_are_proxied_frame_for_frame(client: openai.OpenAI, ups
     ) as raw:
         assert raw.headers["content-type"] == "text/event-stream"
         assert b"".join(raw.iter_bytes()) == b"".join(FRAMES)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_passed_through_response_is_retrieved_from_its_upstream(
+    client: openai.OpenAI, upstream: str, stream: bool
+) -> None:
+    """The id names no model: the gateway noted which model's upstream made it."""
+    if stream:
+        control(upstream, events_b64=FRAMES)
+        list(client.responses.create(model="m", input="Say hello", stream=True))
+    else:
+        control(upstream, answer_b64=ANSWER)
+        client.responses.create(model="m", input="Say hello")
+    control(upstream, answer_b64=ANSWER)  # what the upstream answers for its response
+    again = client.responses.retrieve("resp_1")
+    assert again.id == "resp_1" and again.output_text == "Hello there"
+    got = seen(upstream)
+    assert (got["last_method"], got["last_path"]) == ("GET", "/v1/responses/resp_1")
+    deleted = json.dumps({"id": "resp_1", "object": "response", "deleted": True}).encode()
+    control(upstream, answer_b64=deleted)
+    client.responses.delete("resp_1")
+    got = seen(upstream)
+    assert (got["last_method"], got["last_path"]) == ("DELETE", "/v1/responses/resp_1")
+
+
+def test_a_response_the_gateway_never_saw_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_unknown")
