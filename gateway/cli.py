@@ -224,7 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             log_level=args.log_level,
-            access_log=False,
+            **_server_options(config),
         )
         return 0
     if args.command == "backend":
@@ -239,8 +239,18 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(gateway, registry)
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, **_server_options(config))
     return 0
+
+
+def _server_options(config: GatewayConfig) -> dict[str, Any]:
+    """What the HTTP server takes from [server]."""
+    server = config.server
+    return {
+        "access_log": False,
+        "timeout_graceful_shutdown": server.shutdown_timeout_s,
+        "timeout_keep_alive": server.keep_alive_timeout_s,
+    }
 
 
 _CONFIG_ENV = "LLM_GATEWAY_WORKER_CONFIG"

@@ -69,6 +69,10 @@ class _Section(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
 class ServerConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    # On SIGTERM: stop accepting, give requests in flight this long, then cancel them
+    # (their generations are aborted) and exit.
+    shutdown_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
+    keep_alive_timeout_s: Seconds = 5.0  # an idle keep-alive connection is closed after this
 
 
 class EngineSection(_Section, frozen=True):

@@ -8,6 +8,7 @@ Exception tree:
     ├── NotFound                404 not_found_error (no such route or object)
     ├── MethodNotAllowed        405 invalid_request_error
     ├── Unauthorized            401 authentication_error (missing or unknown API key)
+    ├── ShuttingDown            503 server_error: cancelled by the server's shutdown
     └── UpstreamError           an upstream's refusal (its 4xx/429 passed on) or failure
                                 (502 bad answer, 503 unreachable, 504 timed out)
 
@@ -80,6 +81,18 @@ class MethodNotAllowed(OpenAIError):
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(f"{method} is not allowed on {path}.", code="method_not_allowed")
+
+
+class ShuttingDown(OpenAIError):
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is shutting down; send the request again.",
+            code="server_shutting_down",
+            headers={"retry-after": "1"},
+        )
 
 
 class Unauthorized(OpenAIError):

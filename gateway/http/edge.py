@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.batch import Batch, use_batch
 from gateway.call import RESPONSES, Reply
-from gateway.errors import OpenAIError, error_body, server_error
+from gateway.errors import OpenAIError, ShuttingDown, error_body, server_error
 from gateway.headers import REQUEST_ID, request_id
 from gateway.http.routes import Routes
 from gateway.runtime import Gateway, Incoming
@@ -89,8 +89,22 @@ class Edge:
             body=body,
             request_id=rid,
         )
+        # A client that leaves while its answer is being made cancels the making: the
+        # engine drops the request, an upstream's connection is closed.
+        watch = _Watch(asyncio.current_task())
+        watcher = asyncio.ensure_future(watch.run(receive))
         try:
             reply, endpoint = await self.routes.dispatch(incoming)
+        except asyncio.CancelledError:
+            watch.task.uncancel()  # type: ignore[union-attr]
+            if watch.client_gone:
+                log.info("client left before its answer (request %s): cancelled", rid)
+                return
+            # The server is shutting down and its grace period is over: this request's
+            # work was dropped (its generation aborted); the client is told so.
+            log.warning("request %s cancelled by the server's shutdown", rid)
+            await self._error(send, ShuttingDown(), rid)
+            return
         except OpenAIError as exc:
             await self._error(send, exc, rid)
             return
@@ -98,7 +112,14 @@ class Edge:
             log.exception("unhandled error on %s %s (request %s)", method, path, rid)
             await self._error(send, server_error(), rid)
             return
-        await self._write(send, receive, reply, rid, endpoint)
+        finally:
+            watch.active = False
+            watcher.cancel()
+        try:
+            await self._write(send, receive, reply, rid, endpoint)
+        except asyncio.CancelledError:  # a stream cut by the server's shutdown
+            watch.task.uncancel()  # type: ignore[union-attr]
+            log.warning("answer to request %s cut by the server's shutdown", rid)
 
     async def _write(
         self, send: Send, receive: Receive, reply: Reply, rid: str, endpoint: str
@@ -185,6 +206,22 @@ async def _pump(parts: AsyncIterator[bytes], send: Send) -> None:
             continue
         await batch.add(part)
     await send({"type": "http.response.body", "body": batch.take() + tail})
+
+
+class _Watch:
+    """Cancels `task` if the client disconnects while `active` (the answer is being
+    made; once it is being written, the writer watches for itself)."""
+
+    __slots__ = ("active", "client_gone", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task, self.active, self.client_gone = task, True, False
+
+    async def run(self, receive: Receive) -> None:
+        await _disconnected(receive)
+        self.client_gone = True
+        if self.active and self.task is not None:
+            self.task.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 
 import httpx
@@ -340,6 +342,32 @@ def test_client_disconnect_aborts_the_generation(server_url: str) -> None:
         time.sleep(0.1)
     assert _metric(server_url, "llm_engine:num_requests_running") == 0
     assert _metric(server_url, "llm_engine:kv_cache_usage_perc") == 0
+
+
+def test_a_client_leaving_a_non_streamed_request_aborts_it(server_url: str) -> None:
+    """Nothing is being written to this client yet: the gateway still notices it left."""
+    aborted = 'llm_engine:request_success_total{finished_reason="abort"}'
+    before = _metric(server_url, aborted)
+    request = {"model": MODEL_ID, "messages": STORY, "max_tokens": 4000, "temperature": 0}
+    body = json.dumps({**request, "ignore_eos": True}).encode()
+    host, port = server_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "cache-control: no-store\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        deadline = time.monotonic() + 15
+        while _metric(server_url, "llm_engine:num_requests_running") < 1:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)
+    # The socket is closed: 4,000 tokens would take minutes; the request must be dropped.
+    deadline = time.monotonic() + 15
+    while _metric(server_url, aborted) < before + 1:
+        assert time.monotonic() < deadline, "the generation was not aborted"
+        time.sleep(0.05)
+    assert _metric(server_url, "llm_engine:num_requests_running") == 0
 
 
 PASSAGE = (
