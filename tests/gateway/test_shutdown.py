@@ -50,7 +50,7 @@ def test_sigterm_during_a_generation_exits_within_the_deadline(
                 "max_tokens": 4000,
                 "ignore_eos": True,
                 "temperature": 0,
-            }  # fmt: skip
+            }
         ).encode()
         with socket.create_connection(("127.0.0.1", port)) as sock:
             head = (
