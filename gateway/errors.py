@@ -108,7 +108,9 @@ class UpstreamError(OpenAIError):
     own 4xx/429 pass through, its 5xx and connection failures become 502/503/504);
     upstream_status: what the upstream said (None: no answer at all), which retry and
     circuit-breaking decisions read; retry_after: its Retry-After, in seconds; headers:
-    the upstream's headers on the expose list, passed back to the client."""
+    the upstream's headers on the expose list, passed back to the client; delivered:
+    whether the request may have reached the upstream (False only when it failed before
+    anything was sent: then, and only then, a request without an answer may be retried)."""
 
     status_code = 502
     error_type = "server_error"
@@ -124,11 +126,13 @@ class UpstreamError(OpenAIError):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        delivered: bool = True,
     ) -> None:
         super().__init__(message, param=param, code=code, headers=headers)
         self.status_code = status_code
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        self.delivered = delivered
         if error_type is not None:
             self.error_type = error_type
 

@@ -131,7 +131,9 @@ class Routing(Plugin):
                     self._failed(backend, exc)
                     last = exc
                     attempt += 1
-                    if not should_retry(exc.upstream_status, attempt, self.max_attempts):
+                    if not should_retry(
+                        exc.upstream_status, attempt, self.max_attempts, exc.delivered
+                    ):
                         raise
                     if not self.budget.try_spend(time.monotonic()):
                         raise

@@ -11,13 +11,23 @@ from email.utils import parsedate_to_datetime
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def should_retry(status: int | None, attempt: int, max_attempts: int) -> bool:
-    """status: the upstream's HTTP status, None when it never answered (connect error,
-    timeout). attempt: attempts made so far. Never retries other 4xx: the request itself
-    is wrong and would fail anywhere."""
+def should_retry(
+    status: int | None, attempt: int, max_attempts: int, delivered: bool = True
+) -> bool:
+    """status: the upstream's HTTP status, None when it never answered. attempt: attempts
+    made so far. delivered: whether the request may have reached the upstream.
+
+    An answer that reports a failure or a refusal (408, 429, 5xx) may be tried elsewhere:
+    the upstream said it did not do the work. No answer at all is retried only when the
+    request was never sent (connect failure, no free connection): a request that was
+    written and then met a timeout or a closed connection may have been read, and sending
+    it again could do the work (and bill it) twice. Never retries other 4xx: the request
+    itself is wrong and would fail anywhere."""
     if attempt >= max_attempts:
         return False
-    return status is None or status in RETRYABLE
+    if status is None:
+        return not delivered
+    return status in RETRYABLE
 
 
 @dataclass(slots=True)

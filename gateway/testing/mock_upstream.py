@@ -17,7 +17,8 @@ Routes:
 Every answer carries `x-request-id: mock-<n>` (n counts every request the process
 answered, so ids never repeat, not even across a reset).
 
-GET /stats: `requests` (generation and passthrough requests seen), `cancelled` (streams
+GET /stats: `requests` (generation and passthrough requests seen), `connections` (open
+now) and `peak_connections` (the most at once, since the last reset), `cancelled` (streams
 the client cut off), and of the last such request: `last_body` (its JSON, or null),
 `last_raw_b64` (its body bytes, base64), `last_method`, `last_path`, `last_query`,
 `last_headers` (names lower-cased), `last_id` (the x-request-id it was answered with),
@@ -31,6 +32,7 @@ POST /control takes a JSON object of behaviour fields to change:
   exactly these frames, one HTTP chunk each, verbatim (a `data: [DONE]` frame only if
   the list has one);
 - headers: extra response headers sent on every answer, errors included;
+- drop: true reads each recorded request, then closes the connection without answering;
 - reset: true puts the behaviour back to the start-up one and clears the stats.
 
 Failure modes: --status answers every recorded request with that status in OpenAI's
@@ -67,11 +69,14 @@ class Behaviour:
     answer_type: str = "application/json"
     events: list[bytes] | None = None  # scripted: the frames of every stream
     headers: dict[str, str] = field(default_factory=dict)  # added to every answer
+    drop: bool = False  # read each recorded request, then close the connection unanswered
 
 
 @dataclass(slots=True)
 class Stats:
     requests: int = 0
+    connections: int = 0  # open now
+    peak_connections: int = 0  # the most open at once
     cancelled: int = 0  # streams whose client went away before the end
     last_body: Any = None
     last_raw: bytes = b""
@@ -92,6 +97,9 @@ class MockUpstream:
         self.answered = 0  # numbers the x-request-id of each answer
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        s = self.stats
+        s.connections += 1
+        s.peak_connections = max(s.peak_connections, s.connections)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -110,6 +118,7 @@ class MockUpstream:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
+            self.stats.connections -= 1
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -154,6 +163,9 @@ class MockUpstream:
         s.last_headers, s.last_id = headers, extra["x-request-id"]
         request = _json(body) if generation or body[:1] == b"{" else None
         s.last_body = request
+        if self.b.drop:  # read, then gone: the client cannot know whether it was done
+            w.transport.abort()
+            return False
         if self.b.delay_s:
             await asyncio.sleep(self.b.delay_s)
         stream = isinstance(request, dict) and bool(request.get("stream"))
@@ -180,6 +192,8 @@ class MockUpstream:
         s = self.stats
         return {
             "requests": s.requests,
+            "connections": s.connections,
+            "peak_connections": s.peak_connections,
             "cancelled": s.cancelled,
             "last_body": s.last_body,
             "last_raw_b64": base64.b64encode(s.last_raw).decode(),
@@ -195,7 +209,8 @@ class MockUpstream:
     def _control(self, changes: dict[str, Any]) -> None:
         if changes.pop("reset", False):
             self.b = dataclasses.replace(self.initial, headers=dict(self.initial.headers))
-            self.stats = Stats()
+            now_open = self.stats.connections
+            self.stats = Stats(connections=now_open, peak_connections=now_open)
         for k, v in changes.items():
             if k == "delay_ms":
                 self.b.delay_s = v / 1e3

@@ -52,6 +52,8 @@ _PATHS = {
     RESPONSES: "/responses",
     EMBEDDINGS: "/embeddings",
 }
+# Failures before anything was written: the request never reached the upstream.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 # How a Responses API stream ends when it ends properly (it has no [DONE]).
 _RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _JSON = "application/json"
@@ -239,15 +241,25 @@ class HttpUpstream:
             )
 
     def _transport_error(self, exc: httpx.HTTPError, mid_stream: bool = False) -> UpstreamError:
+        """No answer: 503 or 504. `delivered` says whether the request may have reached
+        the upstream (anything after connecting): such a request is never sent again."""
         where = " mid-stream" if mid_stream else ""
+        delivered = mid_stream or not isinstance(exc, _NOT_SENT)
+        if isinstance(exc, httpx.PoolTimeout):
+            return UpstreamError(
+                f"upstream {self.name}: all connections busy", status_code=503,
+                code="upstream_busy", delivered=False,
+            )  # fmt: skip
         if isinstance(exc, httpx.TimeoutException):
             return UpstreamError(
-                f"upstream {self.name} timed out{where}", status_code=504, code="upstream_timeout"
-            )
+                f"upstream {self.name} timed out{where}", status_code=504,
+                code="upstream_timeout", delivered=delivered,
+            )  # fmt: skip
         return UpstreamError(
             f"upstream {self.name} is unreachable{where}: {type(exc).__name__}",
             status_code=503,
             code="upstream_unavailable",
+            delivered=delivered,
         )
 
     def _status_error(

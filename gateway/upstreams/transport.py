@@ -1,57 +1,54 @@
-"""A lean HTTP/1.1 transport for httpx, on asyncio streams.
+"""A lean HTTP/1.1 transport for the gateway's upstream calls, on asyncio streams.
 
 httpx's default pool (httpcore) scans every pooled connection and polls its socket on
 each request, so its cost grows with concurrency: measured on this project's 2-core
 machine behind the gateway, ~1.2 ms added at one client and p99 over 100 ms at 16. This
-transport keeps what a gateway needs and nothing else: per-origin LIFO pools of idle
-keep-alive connections (take one, or open one; give it back once its response was read
-to the end), Content-Length and chunked bodies streamed as they arrive, connect and
-read timeouts, TLS through asyncio's ssl support. HTTP/1.1 only; no proxies, no
-redirects, no HTTP/2 (an upstream is a known server, not the open web).
+transport keeps what a gateway needs and nothing else: per-origin connection caps and
+LIFO pools of idle keep-alive connections (gateway/upstreams/connections.py), bodies
+streamed as they arrive, connect/read/write/pool timeouts, TLS with one SSL context.
+HTTP/1.1 only; no redirects, no HTTP/2 (an upstream is a known server, not the open
+web); an upstream reached through a proxy uses httpx's own transport instead
+(gateway/upstreams/proxied.py).
 
-httpx keeps its API on top (headers, timeouts, errors: httpx.ConnectError,
-httpx.ReadTimeout, httpx.RemoteProtocolError), so the upstream client code does not
-change; pass `transport=LeanTransport()` to httpx.AsyncClient.
+Nothing is sent twice: a request goes on a fresh connection after a reused one failed
+only when its method is idempotent (GET, HEAD, OPTIONS, DELETE, PUT). A POST written to
+a connection that then fails may have been read by the upstream: it fails with
+httpx.RemoteProtocolError, and the caller must not retry it (urllib3 and httpx draw the
+same line).
+
+httpx keeps its API on top (URL, Response, errors: httpx.ConnectError,
+httpx.ReadTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError), and
+`handle_async_request` serves httpx.AsyncClient too; the gateway calls `send`, which
+skips building an httpx.Request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 
 import httpx
 
+from gateway.upstreams.connections import Conn, Origin, Watchdog
+
 _MAX_HEAD = 64 * 1024
-
-
-class _Conn:
-    __slots__ = ("reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.transport.abort()
-
-    @property
-    def usable(self) -> bool:
-        # A keep-alive peer that closed meanwhile shows as EOF on the reader.
-        return not self.writer.is_closing() and not self.reader.at_eof()
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        max_connections: int = 512,
+        max_idle_per_origin: int = 256,
+        keepalive_expiry: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.max_connections = max_connections
         self.max_idle = max_idle_per_origin
+        self.keepalive_expiry = keepalive_expiry
         self._ssl = ssl_context
-        self._idle: defaultdict[tuple[str, str, int], list[_Conn]] = defaultdict(list)
+        self._origins: dict[tuple[str, str, int], Origin] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -69,24 +66,44 @@ class LeanTransport(httpx.AsyncBaseTransport):
         url: httpx.URL,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-        timeouts: dict[str, float],
+        timeouts: Mapping[str, float | None],
         request: httpx.Request | None = None,
     ) -> httpx.Response:
         """One exchange without building an httpx.Request (~20 µs a request, more than
-        the rest of this transport's work): what the gateway's upstream client calls.
-        `headers`: raw (name, value) pairs; `timeouts`: connect and read, seconds."""
+        the rest of this transport's work). `headers`: raw (name, value) pairs;
+        `timeouts`: connect, read, write and pool, seconds."""
         scheme = url.scheme
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
         port = url.port or (443 if scheme == "https" else 80)
-        origin = (scheme, url.host, port)
+        origin = self._origin((scheme, url.host, port))
+        await origin.acquire(timeouts.get("pool"), request)
+        try:
+            return await self._exchange(origin, method, url, headers, body, timeouts, request)
+        except BaseException:
+            origin.release()  # on success the body holds the slot until it is closed
+            raise
+
+    async def _exchange(
+        self,
+        origin: Origin,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None,
+    ) -> httpx.Response:
         head = self._head(method, url, headers, len(body))
-        for attempt in (0, 1):  # a pooled connection may have been closed by the peer
-            reused, conn = await self._connection(origin, timeouts.get("connect"), request)
-            conn.writer.write(head + body)
-            watchdog = _Watchdog(conn, timeouts.get("read"))
+        conn = origin.take_idle()
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(url, timeouts.get("connect"), request)
+            watchdog = Watchdog(conn, timeouts.get("read"))
             try:
-                status, headers = await self._read_head(conn, request)
+                await self._write(conn, head + body, timeouts.get("write"), request)
+                status, response_headers = await self._read_head(conn, request)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 watchdog.cancel()
                 conn.close()
@@ -94,27 +111,33 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     raise httpx.ReadTimeout(
                         "timed out waiting for the response", request=request
                     ) from exc
-                if reused and attempt == 0:
-                    continue  # stale keep-alive connection: retry once on a fresh one
+                if reused and method in IDEMPOTENT:
+                    conn, reused = None, False  # a stale keep-alive connection: once more
+                    continue
                 raise httpx.RemoteProtocolError(
-                    f"connection lost: {exc!r}", request=request
+                    f"connection lost after the request was sent: {exc!r}", request=request
                 ) from exc
             except BaseException:
                 watchdog.cancel()
                 conn.close()
                 raise
             watchdog.touch()
-            stream = _Body(self, origin, conn, headers, watchdog, request)
-            return httpx.Response(status, headers=headers, stream=stream, request=request)
-        raise AssertionError("unreachable")
+            stream = _Body(origin, conn, response_headers, watchdog, request)
+            return httpx.Response(status, headers=response_headers, stream=stream, request=request)
 
     async def aclose(self) -> None:
-        for conns in self._idle.values():
-            for c in conns:
-                c.close()
-        self._idle.clear()
+        for origin in self._origins.values():
+            origin.close()
 
     # ---- internals ---------------------------------------------------------------------
+
+    def _origin(self, key: tuple[str, str, int]) -> Origin:
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = Origin(
+                self.max_connections, self.max_idle, self.keepalive_expiry
+            )
+        return origin
 
     def _head(
         self, method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], length: int
@@ -134,19 +157,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
             lines.append(b"content-length: " + str(length).encode())
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
-    async def _connection(
-        self, origin: tuple[str, str, int], timeout: float | None, request: httpx.Request | None
-    ) -> tuple[bool, _Conn]:
-        idle = self._idle[origin]
-        while idle:
-            conn = idle.pop()
-            if conn.usable:
-                return True, conn
-            conn.close()
-        scheme, host, port = origin
+    async def _connect(
+        self, url: httpx.URL, timeout: float | None, request: httpx.Request | None
+    ) -> Conn:
+        host, port = url.host, url.port or (443 if url.scheme == "https" else 80)
         context = None
-        if scheme == "https":
-            context = self._ssl or ssl.create_default_context()
+        if url.scheme == "https":
+            if self._ssl is None:  # loading the CA bundle costs milliseconds: do it once
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
@@ -160,10 +179,22 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(
                 f"cannot connect to {host}:{port}: {exc}", request=request
             ) from exc
-        return False, _Conn(reader, writer)
+        return Conn(reader, writer)
+
+    async def _write(
+        self, conn: Conn, data: bytes, timeout: float | None, request: httpx.Request | None
+    ) -> None:
+        conn.writer.write(data)
+        if conn.writer.transport.get_write_buffer_size() == 0:
+            return  # all in the kernel already (the usual case): nothing to wait for
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.writer.drain()
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout("timed out sending the request", request=request) from exc
 
     async def _read_head(
-        self, conn: _Conn, request: httpx.Request | None
+        self, conn: Conn, request: httpx.Request | None
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
         try:
             raw = await conn.reader.readuntil(b"\r\n\r\n")
@@ -179,48 +210,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
             headers.append((k.strip(), v.strip()))
         return int(parts[1]), headers
 
-    def _release(self, origin: tuple[str, str, int], conn: _Conn) -> None:
-        idle = self._idle[origin]
-        if len(idle) < self.max_idle and conn.usable:
-            idle.append(conn)
-        else:
-            conn.close()
-
-
-class _Watchdog:
-    """The read timeout of one exchange (the gap allowed between bytes): each read only
-    notes the time, and one timer checks it lazily, aborting the connection once it has
-    been quiet that long (the pending read then fails and is reported as a timeout).
-    An asyncio.timeout around every read cost more than the read itself."""
-
-    __slots__ = ("_conn", "_handle", "_loop", "_timeout", "fired", "last")
-
-    def __init__(self, conn: _Conn, timeout: float | None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._conn, self._timeout = conn, timeout
-        self.fired = False
-        self.last = self._loop.time()
-        self._handle: asyncio.TimerHandle | None = None
-        if timeout is not None:
-            self._handle = self._loop.call_at(self.last + timeout, self._check)
-
-    def touch(self) -> None:
-        self.last = self._loop.time()
-
-    def _check(self) -> None:
-        assert self._timeout is not None
-        due = self.last + self._timeout
-        if self._loop.time() >= due:
-            self.fired, self._handle = True, None
-            self._conn.abort()
-        else:  # there was progress since: look again when the gap could be up
-            self._handle = self._loop.call_at(due, self._check)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
 
 class _Body(httpx.AsyncByteStream):
     """The response body, read as it arrives; the connection goes back to the pool when
@@ -228,14 +217,13 @@ class _Body(httpx.AsyncByteStream):
 
     def __init__(
         self,
-        transport: LeanTransport,
-        origin: tuple[str, str, int],
-        conn: _Conn,
+        origin: Origin,
+        conn: Conn,
         headers: list[tuple[bytes, bytes]],
-        watchdog: _Watchdog,
+        watchdog: Watchdog,
         request: httpx.Request | None,
     ) -> None:
-        self.transport, self.origin, self.conn = transport, origin, conn
+        self.origin, self.conn = origin, conn
         self.watchdog, self.request = watchdog, request
         self.length: int | None = None
         self.chunked = False
@@ -249,6 +237,7 @@ class _Body(httpx.AsyncByteStream):
             elif lk == b"connection" and v.lower() == b"close":
                 self.keep_alive = False
         self.done = False
+        self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """The body as it arrives: one piece per read of the socket (for a chunked body,
@@ -327,8 +316,12 @@ class _Body(httpx.AsyncByteStream):
         return httpx.ReadTimeout("timed out reading the response", request=self.request)
 
     async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.watchdog.cancel()
         if self.done and self.keep_alive:
-            self.transport._release(self.origin, self.conn)
+            self.origin.give_back(self.conn)
         else:
             self.conn.close()  # read partly: the connection's state is unknown
+        self.origin.release()

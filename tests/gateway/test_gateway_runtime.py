@@ -167,3 +167,16 @@ def test_metrics_count_requests_plugins_and_backends(
     assert f'llm_gateway_upstream_up{{backend="{up}"}} 1.0' in text
     assert 'llm_gateway_tokens_total{kind="completion",model="m"} 6.0' in text
     assert "llm_gateway_time_to_first_token_seconds_count" in text
+
+
+def test_a_request_an_upstream_read_and_dropped_is_never_sent_again(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    """Not on a fresh connection, not on the other backend: it may have been done."""
+    a, b = mock_upstream(), mock_upstream()
+    for url in (a, b):
+        httpx.post(url + "/control", json={"drop": True})
+    url = gateway(_config({"g": [a, b]}, _model(["g"], "round_robin")))
+    reply = _chat(url, "pay once")
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "upstream_unavailable"
+    assert _stats(a)["requests"] + _stats(b)["requests"] == 1

@@ -144,12 +144,77 @@ async def test_a_connection_back_in_the_pool_outlives_the_read_timeout(
             reply = await _send(up, _chat(stream=stream))
             if reply.stream is not None:
                 [c async for c in reply.stream]
-        pool = up._transport._idle  # type: ignore[attr-defined]
-        (idle,) = [c for conns in pool.values() for c in conns]
+        origins = up._transport._origins.values()  # type: ignore[attr-defined]
+        (idle,) = [c for o in origins for c, _ in o.idle]
         await asyncio.sleep(0.2)  # idle in the pool past the timeout (not a timing check)
         assert idle.usable
         reply = await _send(up, _chat())
         assert reply.body is not None
-        assert [c for conns in pool.values() for c in conns] == [idle]  # the same one, reused
+        assert [c for o in origins for c, _ in o.idle] == [idle]  # the same one, reused
+    finally:
+        await up.close()
+
+
+async def test_a_request_read_then_dropped_is_not_sent_again(
+    mock_upstream: Callable[..., str],
+) -> None:
+    """The upstream read the request and closed the connection without answering: it may
+    have done the work, so the request fails (503, delivered) rather than going again,
+    even on a reused connection where a stale keep-alive would look the same."""
+    url = mock_upstream()
+    up = HttpUpstream(url)
+    try:
+        await _send(up, _chat())  # leaves a kept-alive connection in the pool
+        httpx.post(url + "/control", json={"drop": True})
+        with pytest.raises(UpstreamError) as info:
+            await _send(up, _chat())
+        assert info.value.status_code == 503 and info.value.delivered
+        assert _stats(url)["requests"] == 2  # the dropped one, once
+    finally:
+        await up.close()
+
+
+async def test_a_connection_that_never_opened_is_safe_to_retry() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    up = HttpUpstream(f"http://127.0.0.1:{port}/v1", connect_timeout=1.0)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await _send(up, _chat())
+        assert not info.value.delivered
+    finally:
+        await up.close()
+
+
+async def test_connections_per_upstream_are_capped(mock_upstream: Callable[..., str]) -> None:
+    url = mock_upstream(chunks=2, delay_ms=50)
+    up = HttpUpstream(url, max_connections=3)
+    try:
+        replies = await asyncio.gather(*(_send(up, _chat()) for _ in range(12)))
+        assert all(r.body is not None for r in replies)
+        stats = _stats(url)
+        assert stats["requests"] == 12
+        assert stats["peak_connections"] <= 3 + 1  # + the /stats request's own
+    finally:
+        await up.close()
+
+
+async def test_no_free_connection_within_the_pool_timeout_is_a_503_never_sent(
+    mock_upstream: Callable[..., str],
+) -> None:
+    url = mock_upstream(chunks=2, delay_ms=1000)
+    up = HttpUpstream(url, max_connections=1, connect_timeout=0.1)  # the pool timeout too
+    try:
+        slow = asyncio.ensure_future(_send(up, _chat()))
+        await asyncio.sleep(0)  # the first takes the only connection
+        with pytest.raises(UpstreamError) as info:
+            await _send(up, _chat())
+        assert info.value.status_code == 503 and info.value.code == "upstream_busy"
+        assert not info.value.delivered
+        assert (await slow).body is not None
+        assert _stats(url)["requests"] == 1
     finally:
         await up.close()

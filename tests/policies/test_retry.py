@@ -5,10 +5,16 @@ import pytest
 from policies.retry import RetryBudget, backoff, parse_retry_after, should_retry
 
 
-@pytest.mark.parametrize("status", [None, 408, 429, 500, 502, 503, 504])
-def test_retries_on_no_answer_429_and_5xx(status: int | None) -> None:
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_retries_answers_that_report_a_failure(status: int) -> None:
     assert should_retry(status, attempt=1, max_attempts=3)
     assert not should_retry(status, attempt=3, max_attempts=3)
+
+
+def test_no_answer_is_retried_only_when_the_request_was_never_sent() -> None:
+    assert should_retry(None, attempt=1, max_attempts=3, delivered=False)  # connect failed
+    assert not should_retry(None, attempt=1, max_attempts=3, delivered=True)  # may be read
+    assert not should_retry(None, attempt=3, max_attempts=3, delivered=False)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 501])
