@@ -80,6 +80,7 @@ def build_gateway(
         forward=HeaderRules(config.headers.forward),
         embedder_factory=embedder_factory(config.embeddings),
         embedder_names=embedder_names(config.embeddings),
+        embedding_max_tokens=config.embeddings.max_tokens_per_request,
     )
     available = discover() if plugins is None else dict(plugins)
     instances: dict[tuple[str, str], Plugin] = {}

@@ -186,7 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from gateway.config import ConfigError, load_config
-    from gateway.http import create_app
+    from gateway.http import EdgeLimits, create_app
     from gateway.runtime import Gateway
 
     logging.basicConfig(
@@ -236,7 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"llm-gateway: {exc}", file=sys.stderr)
             return 1
-    app = create_app(gateway, registry)
+    app = create_app(gateway, registry, EdgeLimits.from_config(config.server))
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, **_server_options(config))
@@ -244,12 +244,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _server_options(config: GatewayConfig) -> dict[str, Any]:
-    """What the HTTP server takes from [server]."""
+    """What the HTTP server takes from [server] (the protocol class carries the limits
+    on request heads and bodies: gateway/http/protocol.py)."""
+    from gateway.http.limits import EdgeLimits
+    from gateway.http.protocol import GuardedHttpToolsProtocol
+
     server = config.server
+    GuardedHttpToolsProtocol.configure(EdgeLimits.from_config(server))
     return {
         "access_log": False,
         "timeout_graceful_shutdown": server.shutdown_timeout_s,
         "timeout_keep_alive": server.keep_alive_timeout_s,
+        "http": GuardedHttpToolsProtocol,
     }
 
 
@@ -275,12 +281,13 @@ def worker_app() -> Any:
     from prometheus_client import CollectorRegistry
 
     from gateway.config import load_config
-    from gateway.http import create_app
+    from gateway.http import EdgeLimits, create_app
 
     registry = CollectorRegistry()
     config = load_config(Path(os.environ[_CONFIG_ENV]))
     gateway = _gateway(config, None, None, registry)
-    return create_app(gateway, registry)
+    _server_options(config)  # this worker's protocol class gets the limits too
+    return create_app(gateway, registry, EdgeLimits.from_config(config.server))
 
 
 def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:

@@ -73,6 +73,13 @@ class ServerConfig(_Section, frozen=True):
     # (their generations are aborted) and exit.
     shutdown_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
     keep_alive_timeout_s: Seconds = 5.0  # an idle keep-alive connection is closed after this
+    # What one request may send (gateway/http/limits.py): 413, 431 or 408 past these.
+    max_body_mb: Annotated[float, Meta(gt=0)] = 32.0  # JSON routes
+    max_upload_mb: Annotated[float, Meta(gt=0)] = 100.0  # forwarded routes (audio, files)
+    max_header_kb: Annotated[float, Meta(gt=0)] = 64.0
+    max_headers: Annotated[int, Meta(gt=0)] = 100
+    header_timeout_s: Seconds = 10.0  # for the request head to arrive
+    body_timeout_s: Seconds = 30.0  # the longest silence while a body arrives
 
 
 class EngineSection(_Section, frozen=True):
@@ -173,6 +180,9 @@ class EmbeddingsConfig(_Section, frozen=True):
     batch_window_ms: Annotated[float, Meta(ge=0)] = 2.0
     max_batch_size: Annotated[int, Meta(gt=0)] = 64
     max_queue: Annotated[int, Meta(gt=0)] = 4096  # texts waiting; beyond: 429
+    # Tokens one /v1/embeddings request may hold (each text up to the model's length);
+    # beyond: 400. One batch is computed at a time: a huge request holds up the rest.
+    max_tokens_per_request: Annotated[int, Meta(gt=0)] = 65_536
 
 
 class TelemetryConfig(_Section, frozen=True):

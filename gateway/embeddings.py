@@ -91,7 +91,7 @@ class Encoded:
 
 
 class TextEncoder(Protocol):
-    """What Embedder runs: EmbeddingModel, or any stand-in with the same three members."""
+    """What Embedder runs: EmbeddingModel, or any stand-in with the same members."""
 
     @property
     def name(self) -> str: ...
@@ -99,6 +99,10 @@ class TextEncoder(Protocol):
     def dim(self) -> int: ...
     def submit(self, texts: list[str]) -> Future[Encoded]:
         """Starts encoding `texts` off the caller's thread; must not block."""
+        ...
+
+    def count(self, texts: list[str]) -> Future[list[int]]:
+        """Starts counting the tokens of `texts` off the caller's thread."""
         ...
 
 
@@ -209,6 +213,10 @@ class EmbeddingModel:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self._tokenize(texts)]
 
+    def count(self, texts: list[str]) -> Future[list[int]]:
+        """count_tokens on the model's thread (tokenizing is CPU work: off the loop)."""
+        return self._thread.submit(self.count_tokens, texts)
+
     def _encode(self, texts: list[str]) -> Encoded:
         if not texts:
             return Encoded(np.zeros((0, self.dim), np.float32), [])
@@ -216,7 +224,7 @@ class EmbeddingModel:
         tokens = [len(ids) for ids in rows]
         if self._packed is None:
             out = self.st.encode(
-                texts,
+                self._clip(texts),
                 batch_size=len(texts),
                 convert_to_numpy=True,
                 normalize_embeddings=True,
@@ -227,8 +235,15 @@ class EmbeddingModel:
             vectors = self._packed(rows, self.device).cpu().numpy()
         return Encoded(vectors, tokens)
 
+    def _clip(self, texts: Sequence[str]) -> list[str]:
+        """Texts cut to a length no model sequence reaches (400 characters a token): the
+        tokenizer truncates only after tokenizing the whole text, which took minutes
+        for a 50 MB string; what it keeps is the same."""
+        most = self.max_seq_length * 400
+        return [t if len(t) <= most else t[:most] for t in texts]
+
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+        encoded = self.tokenizer(self._clip(texts), truncation=True, max_length=self.max_seq_length)
         rows: list[list[int]] = encoded["input_ids"]
         return rows
 

@@ -13,6 +13,7 @@ runtime decides, gateway/runtime/serve.py); `serve_embeddings` answers the local
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
@@ -60,6 +61,8 @@ class EmbeddingHost(Protocol):
 
     @property
     def embedder_names(self) -> frozenset[str]: ...
+    @property
+    def embedding_max_tokens(self) -> int: ...
     async def load_embedder(self) -> Embedder | None: ...
 
 
@@ -90,8 +93,27 @@ async def serve_embeddings(gw: EmbeddingHost, raw: bytes) -> bytes:
             param="dimensions",
             code="invalid_value",
         )
+    await _check_tokens(embedder, texts, gw.embedding_max_tokens)
     result = await embedder.embed_counted(texts)
     return _encoder.encode(_response(result, body))
+
+
+async def _check_tokens(embedder: Embedder, texts: list[str], most: int) -> None:
+    """At most `most` tokens in one request (each text counted up to the model's
+    length): a batch is computed in one go, and everyone else's embeddings (the semantic
+    cache's among them) wait behind it. A token has at least one character, so short
+    requests are not counted at all; long ones are counted on the model's thread."""
+    if sum(map(len, texts)) <= most:
+        return
+    counts: list[int] = await asyncio.wrap_future(embedder.model.count(texts))
+    tokens = sum(counts)
+    if tokens > most:
+        raise InvalidRequest(
+            f"'input' holds {tokens} tokens; at most {most} are allowed in one request "
+            "(split it across requests).",
+            param="input",
+            code="too_many_tokens",
+        )
 
 
 def _texts(value: str | list[Any]) -> list[str]:

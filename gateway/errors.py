@@ -8,6 +8,7 @@ Exception tree:
     ├── NotFound                404 not_found_error (no such route or object)
     ├── MethodNotAllowed        405 invalid_request_error
     ├── Unauthorized            401 authentication_error (missing or unknown API key)
+    ├── TooLarge                413 invalid_request_error: a body over the limit
     ├── ShuttingDown            503 server_error: cancelled by the server's shutdown
     └── UpstreamError           an upstream's refusal (its 4xx/429 passed on) or failure
                                 (502 bad answer, 503 unreachable, 504 timed out)
@@ -81,6 +82,18 @@ class MethodNotAllowed(OpenAIError):
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(f"{method} is not allowed on {path}.", code="method_not_allowed")
+
+
+class TooLarge(OpenAIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than this server accepts ({limit} bytes).",
+            code="request_too_large",
+            headers={"connection": "close"},  # the rest of the body is not read
+        )
 
 
 class ShuttingDown(OpenAIError):

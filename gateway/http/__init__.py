@@ -7,15 +7,18 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.http.edge import Edge
+from gateway.http.limits import EdgeLimits
 from gateway.runtime import Gateway
 
-__all__ = ["Edge", "create_app"]
+__all__ = ["Edge", "EdgeLimits", "create_app"]
 
 
-def create_app(gateway: Gateway, registry: CollectorRegistry | None = None) -> Edge:
+def create_app(
+    gateway: Gateway, registry: CollectorRegistry | None = None, limits: EdgeLimits | None = None
+) -> Edge:
     """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
     if registry is None:
-        return Edge(gateway)
+        return Edge(gateway, limits=limits)
 
     def render() -> bytes:
         if gateway.metrics is not None:
@@ -24,4 +27,4 @@ def create_app(gateway: Gateway, registry: CollectorRegistry | None = None) -> E
             gateway.metrics.store_degraded.labels(store.kind).set(int(store.degraded))
         return generate_latest(registry)
 
-    return Edge(gateway, render)
+    return Edge(gateway, render, limits)

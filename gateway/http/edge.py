@@ -20,9 +20,10 @@ from typing import Any
 
 from gateway.batch import Batch, use_batch
 from gateway.call import RESPONSES, Reply
-from gateway.errors import OpenAIError, ShuttingDown, error_body, server_error
+from gateway.errors import OpenAIError, ShuttingDown, TooLarge, error_body, server_error
 from gateway.headers import REQUEST_ID, request_id
-from gateway.http.routes import Routes
+from gateway.http.limits import EdgeLimits
+from gateway.http.routes import ENDPOINTS, Routes
 from gateway.runtime import Gateway, Incoming
 from gateway.sse import DONE, encode_sse
 
@@ -42,10 +43,16 @@ _SSE = [
 
 
 class Edge:
-    def __init__(self, gateway: Gateway, metrics: Callable[[], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        metrics: Callable[[], bytes] | None = None,
+        limits: EdgeLimits | None = None,
+    ) -> None:
         """metrics: renders /metrics (Prometheus text); None: no /metrics route."""
         self.gateway = gateway
         self.routes = Routes(gateway, metrics)
+        self.limits = limits or EdgeLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -77,10 +84,15 @@ class Edge:
         for k, v in scope["headers"]:
             headers[k.decode("latin-1").lower()] = v.decode("latin-1")
         rid = request_id(headers.get(REQUEST_ID))
-        body = await _read(receive)
+        path, method = scope["path"], scope["method"]
+        limit = self.limits.body_limit(path, path in ENDPOINTS or not path.startswith("/v1/"))
+        try:
+            body = await _read(receive, headers.get("content-length"), limit)
+        except TooLarge as exc:
+            await self._error(send, exc, rid)
+            return
         if body is None:
             return  # the client left before sending its request
-        path, method = scope["path"], scope["method"]
         incoming = Incoming(
             method=method,
             path=path,
@@ -178,14 +190,22 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def _read(receive: Receive) -> bytes | None:
-    """The request's whole body; None if the client left."""
+async def _read(receive: Receive, length: str | None, limit: int) -> bytes | None:
+    """The request's whole body; None if the client left. A body over `limit` is refused
+    before it is read when its length is declared, else as soon as it passes the limit."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise TooLarge(limit)
     parts: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        parts.append(message.get("body", b""))
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise TooLarge(limit)
+        parts.append(part)
         if not message.get("more_body"):
             return parts[0] if len(parts) == 1 else b"".join(parts)
 

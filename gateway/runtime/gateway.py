@@ -58,6 +58,7 @@ class Gateway:
     embedder: Embedder | None = None
     embedder_factory: Callable[[], Awaitable[Embedder]] | None = None
     embedder_names: frozenset[str] = frozenset()  # model names /v1/embeddings answers to
+    embedding_max_tokens: int = 65_536  # per /v1/embeddings request, for the local model
     # The Responses API served over chat, for upstreams that do not serve it (the engine).
     responses: ResponsesAdapter | None = None
     _embedder_loading: asyncio.Future[Embedder] | None = None

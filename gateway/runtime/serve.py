@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from opentelemetry import propagate
 
@@ -25,6 +26,7 @@ from gateway.runtime.gateway import UPSTREAM_SECONDS, Gateway
 from gateway.views import ModelOnly
 
 OVERHEAD_HEADER = "x-gateway-overhead-ms"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -98,13 +100,7 @@ def _call(
         not incoming.body or not _is_json(headers.get("content-type"), incoming.body)
     ):
         return _form_call(incoming, tenant, started, model)
-    try:
-        request = decoder(view_type(endpoint)).decode(incoming.body)
-    except DecodeErrors as exc:
-        raise invalid_body(exc) from None
-    except RecursionError:
-        too_deep = "The request body is nested too deeply."
-        raise InvalidRequest(too_deep, code="invalid_json") from None
+    request = _decode(view_type(endpoint), incoming.body)
     model = request.model
     if not model:
         raise InvalidRequest(
@@ -184,10 +180,25 @@ def _local_model(gw: Gateway, incoming: Incoming) -> str | None:
     if not gw.embedder_names:
         return None
     try:
-        model: str | None = decoder(ModelOnly).decode(incoming.body).model
-    except DecodeErrors:
+        model: str | None = _decode(ModelOnly, incoming.body).model
+    except InvalidRequest as exc:
+        if exc.code == "too_deep":
+            raise
         return next(iter(gw.embedder_names))  # let the embeddings route name the error
     return model
+
+
+def _decode(type_: type[T], body: bytes) -> T:
+    """The body read as `type_`; 400 for JSON that is invalid or nested too deeply (the
+    decoder recurses: a 2 KB body of brackets would otherwise be a 500)."""
+    try:
+        value: T = decoder(type_).decode(body)
+    except DecodeErrors as exc:
+        raise invalid_body(exc) from None
+    except RecursionError:
+        too_deep = "The request body is nested too deeply."
+        raise InvalidRequest(too_deep, code="too_deep") from None
+    return value
 
 
 async def _hide_usage(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

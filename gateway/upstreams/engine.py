@@ -12,9 +12,9 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -81,6 +81,15 @@ class _Choice:
             self.top_logprobs += delta.top_logprobs
 
 
+# Prompts longer than this (characters) are rendered and tokenized on a worker thread:
+# a long prompt takes the tokenizer milliseconds to seconds, during which the event
+# loop would answer nothing else; a short one costs less than the thread hop.
+OFF_LOOP_CHARS = 16_384
+# Engine requests one call may start (prompts x n): past this a request is refused, so
+# a 1 KB body cannot become thousands of generations.
+MAX_SEQUENCES = 128
+
+
 class EngineUpstream:
     endpoints = frozenset({CHAT, COMPLETIONS})
 
@@ -117,7 +126,9 @@ class EngineUpstream:
         self, request: ChatCompletionRequest
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
         k = chat_logprobs(request)
-        prompt = self._render(request.messages)
+        prompt = await self._off_loop_if_large(
+            sum(_text_size(m.content) for m in request.messages), self._render, request.messages
+        )
         max_tokens = request.max_completion_tokens or request.max_tokens
         params = sampling_params(request, max_tokens, k, self.engine.tokenizer.vocab_size)
         n = request.n or 1
@@ -183,6 +194,16 @@ class EngineUpstream:
         if include_usage:
             yield chunk([], _usage(prompt_tokens, totals))
 
+    async def _off_loop_if_large(self, size: int, fn: Callable[[T], R], arg: T) -> R:
+        if size > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(fn, arg)
+        return fn(arg)
+
+    def _tokenized(self, prompts: list[str | list[int]]) -> list[str | list[int]]:
+        """Text prompts as token ids, as the engine would make them (BOS included)."""
+        encode = self.engine.tokenizer.encode
+        return [encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompts]
+
     def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
         try:
             text = self.engine.tokenizer.apply_chat_template(
@@ -199,11 +220,13 @@ class EngineUpstream:
 
     async def complete(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         k = completion_logprobs(request)
-        prompts = prompt_list(request.prompt)
+        texts = prompt_list(request.prompt)
         params = sampling_params(request, request.max_tokens, k, self.engine.tokenizer.vocab_size)
         n = request.n or 1
+        size = sum(len(p) for p in texts if isinstance(p, str))
+        prompts = await self._off_loop_if_large(size, self._tokenized, texts)
         streams = self._start(prompts, params, n, "prompt")
-        echoes = [p if isinstance(p, str) else self.engine.tokenizer.decode(p) for p in prompts]
+        echoes = [p if isinstance(p, str) else self.engine.tokenizer.decode(p) for p in texts]
         if not request.echo:
             echoes = [""] * len(prompts)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -286,6 +309,13 @@ class EngineUpstream:
 
         `param` names the request field a rejected prompt is reported against.
         """
+        if len(prompts) * n > MAX_SEQUENCES:
+            raise InvalidRequest(
+                f"This request asks for {len(prompts) * n} generations ({len(prompts)} "
+                f"prompts x n={n}); at most {MAX_SEQUENCES} are allowed in one request.",
+                param="n" if n > 1 else param,
+                code="too_many_generations",
+            )
         streams: list[RequestStream] = []
         try:
             for prompt in prompts:
@@ -380,3 +410,16 @@ def _usage(prompt_tokens: int, choices: list[_Choice], prompts: int = 1) -> Usag
         if accepted or rejected
         else None,
     )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _text_size(content: Any) -> int:
+    """Characters of a message's content, however it is packaged."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(getattr(p, "text", None) or "") for p in content)
+    return 0

@@ -453,3 +453,24 @@ def test_openai_sdk_creates_embeddings(
             client.embeddings.create(model=DEFAULT_MODEL, input=[[1, 2, 3]])
         with pytest.raises(openai.NotFoundError):
             client.embeddings.create(model="no-such-model", input="x")
+
+
+async def test_a_request_over_the_token_limit_is_400(model: EmbeddingModel) -> None:
+    app = _app(model)
+    app.gateway.embedding_max_tokens = 300
+    async with _client(app) as c:
+        many = {"model": DEFAULT_MODEL, "input": ["a sentence of several words"] * 60}
+        reply = await c.post("/v1/embeddings", json=many)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "too_many_tokens"
+        few = {"model": DEFAULT_MODEL, "input": ["a sentence of several words"] * 10}
+        assert (await c.post("/v1/embeddings", json=few)).status_code == 200
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenized(model: EmbeddingModel) -> None:
+    """The same vector and count as the text cut at any length past the model's window:
+    what the tokenizer would have kept, without tokenizing megabytes first."""
+    word = "embedding "
+    huge, cut = word * 1_000_000, word * 2_000  # 10 MB, and well past 256 tokens
+    encoded = model.encode_counted([huge, cut])
+    assert encoded.tokens[0] == encoded.tokens[1] == model.max_seq_length
+    np.testing.assert_allclose(encoded.vectors[0], encoded.vectors[1], atol=1e-6)

@@ -228,6 +228,15 @@ def test_raw_http_errors_have_openai_shape(server_url: str) -> None:
     assert httpx.get(server_url + "/health").json() == {"status": "ok"}
 
 
+def test_too_many_generations_in_one_request_are_refused(client: openai.OpenAI) -> None:
+    """64 prompts x n=128 fit in 1 KB: refused, not turned into 8,192 generations."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL_ID, prompt=["hi"] * 64, n=128, max_tokens=1)
+    assert info.value.code == "too_many_generations"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL_ID, messages=CAPITAL, n=129, max_tokens=1)
+
+
 def test_server_keeps_serving_after_errors(client: openai.OpenAI) -> None:
     for _ in range(3):
         with pytest.raises(openai.BadRequestError):
