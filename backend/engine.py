@@ -297,6 +297,7 @@ class Engine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
+        self._note_first_scheduled(batch.seqs)
         try:
             if self.proposer is not None and self.proposer.lazy:
                 guessing = [s for s in batch.seqs if s.draft]
@@ -520,6 +521,15 @@ class Engine:
             None if result.logprob is None else [result.top_logprobs],
             cached_tokens=min(req.seq.num_cached_tokens, req.seq.num_prompt_tokens),
         )
+
+    def _note_first_scheduled(self, seqs: list[Sequence]) -> None:
+        """Queue time: from arrival to the first step that works on the request."""
+        now = time.monotonic()
+        for seq in seqs:
+            req = self._requests[seq.seq_id]
+            if req.scheduled_time is None:
+                req.scheduled_time = now
+                self.metrics.queue_time.observe(now - req.arrival_time)
 
     def _requests_named(self, request_ids: set[str]) -> list[Request]:
         if not request_ids:  # the common case, every step

@@ -34,6 +34,10 @@ class EngineMetrics:
             PREFIX + "inter_token_latency_seconds", "Time between consecutive output tokens.",
             buckets=_LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.queue_time = Histogram(
+            PREFIX + "request_queue_time_seconds", "Time from arrival to the first step.",
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.e2e = Histogram(
             PREFIX + "e2e_request_latency_seconds", "Time from arrival to the last token.",
             buckets=_LATENCY_BUCKETS, registry=registry,

@@ -63,6 +63,7 @@ class Request:
     generator: torch.Generator | None
     arrival_time: float  # time.monotonic() at add_request
     last_token_time: float | None = None
+    scheduled_time: float | None = None  # the first step that worked on it (queue time)
     spec: SpecState | None = None  # set when this request speculates
 
     @property

@@ -26,6 +26,7 @@ from gateway.config import (
 from gateway.headers import HeaderRules
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import Gateway
+from gateway.runtime.admission import Gate
 
 if TYPE_CHECKING:
     from gateway.embeddings import Embedder
@@ -38,6 +39,7 @@ from gateway.stores.redis import RedisStore
 from gateway.targets import Backend, Group, ModelTarget
 from gateway.upstreams.base import Upstream
 from gateway.upstreams.http import HttpUpstream
+from policies.admission import Admission
 
 ENGINE_GROUP = "local"
 
@@ -103,7 +105,11 @@ def _group(
     if cfg.kind == "engine":
         if engine is None:
             raise ConfigError(f"groups[{index}]: kind engine, but the engine is not running")
-        return Group(cfg.name, [Backend(id=f"{cfg.name}/engine", group=cfg.name, upstream=engine)])
+        name = f"{cfg.name}/engine"
+        backend = Backend(
+            id=name, group=cfg.name, upstream=engine, gate=engine_gate(name, engine, cfg)
+        )
+        return Group(cfg.name, [backend])
     api_key = cfg.api_key
     if api_key is None and cfg.api_key_env is not None:
         api_key = env.get(cfg.api_key_env)
@@ -125,8 +131,34 @@ def _group(
             query=cfg.query,
             expose=expose,
         )
-        backends.append(Backend(id=name, weight=b.weight, group=cfg.name, upstream=client))
+        gate = None
+        if cfg.max_in_flight is not None or cfg.max_in_flight_per_tenant is not None:
+            admission = Admission(
+                max_requests=cfg.max_in_flight or 2**31,
+                max_tokens=cfg.max_in_flight_tokens,
+                max_per_tenant=cfg.max_in_flight_per_tenant,
+            )
+            gate = Gate(name, admission)
+        backends.append(
+            Backend(id=name, weight=b.weight, group=cfg.name, upstream=client, gate=gate)
+        )
     return Group(cfg.name, backends)
+
+
+def engine_gate(name: str, engine: Upstream, cfg: GroupConfig | None = None) -> Gate | None:
+    """The bundled engine's admission: by default twice what it runs per step (the rest
+    wait in its queue) and twice the tokens its KV cache holds."""
+    capacity = getattr(engine, "capacity", None)
+    if capacity is None:
+        return None
+    seqs, kv_tokens = capacity()
+    cfg = cfg or GroupConfig(name=name, kind="engine")
+    admission = Admission(
+        max_requests=cfg.max_in_flight or 2 * seqs,
+        max_tokens=cfg.max_in_flight_tokens or 2 * kv_tokens,
+        max_per_tenant=cfg.max_in_flight_per_tenant,
+    )
+    return Gate(name, admission)
 
 
 def build_store(cfg: StoreConfig, metrics: GatewayMetrics | None = None) -> FailOpenStore:

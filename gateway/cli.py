@@ -229,7 +229,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     if args.command == "backend":
         assert upstream is not None and name is not None
-        gateway = Gateway.single(upstream, name)
+        from gateway.build import engine_gate
+
+        gateway = Gateway.single(upstream, name, engine_gate(name, upstream))
     else:
         try:
             gateway = _gateway(config, upstream, name, registry)
@@ -264,7 +266,7 @@ _CONFIG_ENV = "LLM_GATEWAY_WORKER_CONFIG"
 
 def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: Any) -> Any:
     from gateway.build import build_gateway
-    from gateway.metrics import EmbedderCollector, GatewayMetrics
+    from gateway.metrics import AdmissionCollector, EmbedderCollector, GatewayMetrics
     from gateway.telemetry import tracer_from_config
 
     metrics = GatewayMetrics(registry)
@@ -273,6 +275,7 @@ def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: A
     )
     gateway.metrics = metrics
     registry.register(EmbedderCollector(lambda: gateway.embedder))
+    registry.register(AdmissionCollector(gateway.backends))
     return gateway
 
 

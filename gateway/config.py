@@ -119,6 +119,14 @@ class GroupConfig(_Section, frozen=True):
     max_connections: Annotated[int, Meta(gt=0)] = 512
     headers: dict[str, str] = {}  # sent with every request (e.g. Azure's api-key)
     query: dict[str, str] = {}  # added to every URL (e.g. Azure's api-version)
+    # Admission, per backend: requests (and prompt + output tokens) it may hold at once;
+    # past them a request is refused at once with Retry-After (503; 429 for a tenant
+    # over max_in_flight_per_tenant) after trying the other backends. None: no bound,
+    # except for the bundled engine: 2x the sequences it runs per step, and 2x the
+    # tokens its KV cache holds.
+    max_in_flight: Annotated[int, Meta(gt=0)] | None = None
+    max_in_flight_tokens: Annotated[int, Meta(gt=0)] | None = None
+    max_in_flight_per_tenant: Annotated[int, Meta(gt=0)] | None = None
 
 
 class ModelRoute(_Section, frozen=True):

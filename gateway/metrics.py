@@ -192,3 +192,35 @@ class EmbedderCollector:
         yield GaugeMetricFamily(
             "llm_gateway_embedding_queued", "Texts waiting for a batch.", value=e.queued
         )
+
+
+class AdmissionCollector:
+    """Each backend's admission state, read at scrape time: requests and tokens in
+    flight, and requests refused (by reason: global = the backend was full, tenant = the
+    tenant was over its share)."""
+
+    def __init__(self, backends: Callable[[], Sequence[Backend]]) -> None:
+        self._backends = backends
+
+    def collect(self) -> Iterator[Metric]:
+        requests = GaugeMetricFamily(
+            "llm_gateway_admission_in_flight", "Requests a backend holds now.", labels=["backend"]
+        )
+        tokens = GaugeMetricFamily(
+            "llm_gateway_admission_in_flight_tokens",
+            "Prompt + output tokens of the requests a backend holds now.", labels=["backend"],
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "llm_gateway_admission_refused", "Requests refused at once with Retry-After.",
+            labels=["backend", "reason"],
+        )  # fmt: skip
+        for b in self._backends():
+            if b.gate is None:
+                continue
+            requests.add_metric([b.id], b.gate.admission.requests)
+            tokens.add_metric([b.id], b.gate.admission.tokens)
+            for reason, count in b.gate.refused.items():
+                refused.add_metric([b.id, reason], count)
+        yield requests
+        yield tokens
+        yield refused

@@ -9,8 +9,12 @@ and /metrics report them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.upstreams.base import Upstream
+
+if TYPE_CHECKING:
+    from gateway.runtime.admission import Gate
 from policies.circuit_breaker import CircuitBreaker
 from policies.routing import BackendState
 
@@ -20,6 +24,7 @@ class Backend(BackendState):
     group: str = ""
     upstream: Upstream | None = None
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    gate: Gate | None = None  # admission: how much work it may hold (None: no bound)
 
     @property
     def client(self) -> Upstream:

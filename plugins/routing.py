@@ -22,6 +22,7 @@ from gateway.call import CHAT, COMPLETIONS, RESPONSES, Call, Reply, close_stream
 from gateway.errors import UpstreamError
 from gateway.payload import Chunk
 from gateway.plugin import Next, Plugin
+from gateway.runtime.admission import Refused
 from gateway.runtime.gateway import BACKEND
 from gateway.runtime.host import PluginHost
 from gateway.targets import Backend, ModelTarget
@@ -162,6 +163,8 @@ class Routing(Plugin):
         )
 
     def _failed(self, backend: Backend, exc: UpstreamError) -> None:
+        if isinstance(exc, Refused):
+            return  # busy, not broken: the breaker is for failures
         now = time.monotonic()
         status = exc.upstream_status
         if status is None or status >= 500 or status == 429:

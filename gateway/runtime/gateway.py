@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from gateway.embeddings import Embedder
     from gateway.metrics import GatewayMetrics
     from gateway.responses.adapter import ResponsesAdapter
+    from gateway.runtime.admission import Gate
 
 UPSTREAM_SECONDS = "upstream_seconds"  # call.state key: time spent waiting on upstreams
 BACKEND = "backend"  # call.state key: the Backend the routing plugin chose
@@ -65,9 +66,9 @@ class Gateway:
     started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def single(cls, upstream: Upstream, model: str) -> Gateway:
+    def single(cls, upstream: Upstream, model: str, gate: Gate | None = None) -> Gateway:
         """One model served by one upstream, no plugins (the standalone backend server)."""
-        backend = Backend(id=model, group="local", upstream=upstream)
+        backend = Backend(id=model, group="local", upstream=upstream, gate=gate)
         gw = cls({model: ModelTarget(model, [Group("local", [backend])])})
         gw.build_chains({model: []})
         return gw
@@ -151,30 +152,47 @@ class Gateway:
         self, call: Call, target: ModelTarget, backend: Backend, headers: dict[str, str]
     ) -> Reply:
         upstream = backend.client
+        gate = backend.gate
+        cost = 0 if gate is None else gate.enter(call)  # raises Refused past the bound
         began = time.perf_counter()
         try:
-            if call.endpoint in upstream.endpoints:
-                reply = await upstream.send(call, target.upstream_model, headers)
-                if call.endpoint == RESPONSES and self.responses is not None:
-                    await self.responses.passed_through(call, reply)
-                return reply
-            if call.endpoint == RESPONSES and CHAT in upstream.endpoints:
-                assert self.responses is not None
-
-                async def chat(chat_call: Call) -> Reply:
-                    return await upstream.send(chat_call, target.upstream_model, headers)
-
-                return await self.responses.create(call, chat)
-            raise InvalidRequest(
-                f"The model `{call.model}` does not serve this endpoint ({call.endpoint}"
-                f"{' ' + call.path if call.path else ''}).",
-                param="model",
-                code="unsupported_endpoint",
-            )
+            reply = await self._answer(call, target, upstream, headers)
+        except BaseException:
+            if gate is not None:
+                gate.leave(call, cost)
+            raise
         finally:
             call.state[UPSTREAM_SECONDS] = (
                 call.state.get(UPSTREAM_SECONDS, 0.0) + time.perf_counter() - began
             )
+        if gate is not None:
+            if reply.stream is not None:
+                reply.stream = gate.held(call, cost, reply.stream)
+            else:
+                gate.leave(call, cost)
+        return reply
+
+    async def _answer(
+        self, call: Call, target: ModelTarget, upstream: Upstream, headers: dict[str, str]
+    ) -> Reply:
+        if call.endpoint in upstream.endpoints:
+            reply = await upstream.send(call, target.upstream_model, headers)
+            if call.endpoint == RESPONSES and self.responses is not None:
+                await self.responses.passed_through(call, reply)
+            return reply
+        if call.endpoint == RESPONSES and CHAT in upstream.endpoints:
+            assert self.responses is not None
+
+            async def chat(chat_call: Call) -> Reply:
+                return await upstream.send(chat_call, target.upstream_model, headers)
+
+            return await self.responses.create(call, chat)
+        raise InvalidRequest(
+            f"The model `{call.model}` does not serve this endpoint ({call.endpoint}"
+            f"{' ' + call.path if call.path else ''}).",
+            param="model",
+            code="unsupported_endpoint",
+        )
 
     async def load_embedder(self) -> Embedder | None:
         """The embedder, loading it (model into memory, worker thread started) on the

@@ -99,6 +99,12 @@ class EngineUpstream:
         self.fingerprint = f"llm-gateway-{engine.dtype}".replace("torch.", "")
         self.logprobs = LogprobFormatter(engine.tokenizer)
 
+    def capacity(self) -> tuple[int, int]:
+        """(sequences one step runs, tokens the KV cache holds): what admission bounds
+        derive from (gateway/runtime/admission.py)."""
+        config = self.engine.config
+        return config.max_num_seqs, self.engine.blocks.num_blocks * config.block_size
+
     async def ready(self) -> bool:
         return True
 
