@@ -238,7 +238,12 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"llm-gateway: {exc}", file=sys.stderr)
             return 1
-    app = create_app(gateway, registry, EdgeLimits.from_config(config.server))
+    try:
+        admin_key = config.admin_key()
+    except ConfigError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(gateway, registry, EdgeLimits.from_config(config.server), admin_key)
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, **_server_options(config))
@@ -290,7 +295,7 @@ def worker_app() -> Any:
     config = load_config(Path(os.environ[_CONFIG_ENV]))
     gateway = _gateway(config, None, None, registry)
     _server_options(config)  # this worker's protocol class gets the limits too
-    return create_app(gateway, registry, EdgeLimits.from_config(config.server))
+    return create_app(gateway, registry, EdgeLimits.from_config(config.server), config.admin_key())
 
 
 def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:

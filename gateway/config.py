@@ -80,6 +80,9 @@ class ServerConfig(_Section, frozen=True):
     max_headers: Annotated[int, Meta(gt=0)] = 100
     header_timeout_s: Seconds = 10.0  # for the request head to arrive
     body_timeout_s: Seconds = 30.0  # the longest silence while a body arrives
+    # With an admin key, /metrics and /ready's detail need `Authorization: Bearer KEY`.
+    admin_key: str | None = None
+    admin_key_env: str | None = None  # the environment variable that holds it
 
 
 class EngineSection(_Section, frozen=True):
@@ -214,6 +217,20 @@ class GatewayConfig(_Section, frozen=True):
     def chain_for(self, model: ModelRoute) -> list[PluginEntry]:
         entries = self.plugins if model.plugins is None else model.plugins
         return [PluginEntry(name=e) if isinstance(e, str) else e for e in entries]
+
+    def admin_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        env = os.environ if environ is None else environ
+        server = self.server
+        if server.admin_key is not None:
+            return server.admin_key
+        if server.admin_key_env is None:
+            return None
+        value = env.get(server.admin_key_env)
+        if not value:
+            raise ConfigError(
+                f"server.admin_key_env: the variable {server.admin_key_env} is not set"
+            )
+        return value
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """API key -> tenant, keys from the environment resolved."""

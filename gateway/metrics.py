@@ -50,7 +50,8 @@ class GatewayMetrics:
             ["plugin", "hook", "outcome"], registry=registry,
         )  # fmt: skip
         self.upstream_requests = Counter(
-            "llm_gateway_upstream_requests", "Calls to backends by outcome (ok, error, retry).",
+            "llm_gateway_upstream_requests", "Calls to backends by outcome: ok, error, refused "
+            "(admission: never sent), retry (routing tried another backend after it).",
             ["backend", "outcome"], registry=registry,
         )  # fmt: skip
         self.upstream_up = Gauge(
@@ -87,6 +88,9 @@ class GatewayMetrics:
             "whose fresh answer disagreed with the cached one (since start).",
             registry=registry,
         )  # fmt: skip
+
+    def upstream_outcome(self, backend: str, outcome: str) -> None:
+        _child(self._children, self.upstream_requests, backend, outcome).inc()
 
     def cache_outcome(self, cache: str, outcome: str) -> None:
         _child(self._children, self.cache_lookups, cache, outcome).inc()

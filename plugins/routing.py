@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from gateway.call import CHAT, COMPLETIONS, RESPONSES, Call, Reply, close_stream
 from gateway.errors import UpstreamError
@@ -25,6 +26,9 @@ from gateway.plugin import Next, Plugin
 from gateway.runtime.admission import Refused
 from gateway.runtime.gateway import BACKEND
 from gateway.runtime.host import PluginHost
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 from gateway.targets import Backend, ModelTarget
 from policies.circuit_breaker import CircuitBreaker
 from policies.retry import RetryBudget, should_retry
@@ -61,10 +65,12 @@ class Routing(Plugin):
         self.load_factor = load_factor
         self.budget = RetryBudget(ratio=retry_ratio)
         self._policies: dict[str, Policy] = {}  # per model target
+        self._metrics: GatewayMetrics | None = None
         self._breaker = (failure_threshold, ejection_base_s, ejection_max_s)
 
     async def startup(self, *, gateway: PluginHost) -> None:
         """Gives every backend a breaker with this plugin's settings."""
+        self._metrics = gateway.metrics
         threshold, base, cap = self._breaker
         for backend in gateway.backends():
             backend.breaker = CircuitBreaker(threshold, base, cap)
@@ -139,6 +145,8 @@ class Routing(Plugin):
                     if not self.budget.try_spend(time.monotonic()):
                         raise
                     tried.add(backend.id)
+                    if self._metrics is not None:
+                        self._metrics.upstream_outcome(backend.id, "retry")
                     continue
                 except BaseException:  # cancelled (client gone) or a plugin below failed
                     backend.outstanding -= 1

@@ -14,11 +14,14 @@ __all__ = ["Edge", "EdgeLimits", "create_app"]
 
 
 def create_app(
-    gateway: Gateway, registry: CollectorRegistry | None = None, limits: EdgeLimits | None = None
+    gateway: Gateway,
+    registry: CollectorRegistry | None = None,
+    limits: EdgeLimits | None = None,
+    admin_key: str | None = None,
 ) -> Edge:
     """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
     if registry is None:
-        return Edge(gateway, limits=limits)
+        return Edge(gateway, limits=limits, admin_key=admin_key)
 
     def render() -> bytes:
         if gateway.metrics is not None:
@@ -27,4 +30,4 @@ def create_app(
             gateway.metrics.store_degraded.labels(store.kind).set(int(store.degraded))
         return generate_latest(registry)
 
-    return Edge(gateway, render, limits)
+    return Edge(gateway, render, limits, admin_key)

@@ -48,10 +48,12 @@ class Edge:
         gateway: Gateway,
         metrics: Callable[[], bytes] | None = None,
         limits: EdgeLimits | None = None,
+        admin_key: str | None = None,
     ) -> None:
-        """metrics: renders /metrics (Prometheus text); None: no /metrics route."""
+        """metrics: renders /metrics (Prometheus text); None: no /metrics route.
+        admin_key: what /metrics and /ready's detail ask for (None: open)."""
         self.gateway = gateway
-        self.routes = Routes(gateway, metrics)
+        self.routes = Routes(gateway, metrics, admin_key)
         self.limits = limits or EdgeLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

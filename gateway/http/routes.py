@@ -13,11 +13,12 @@ metrics as for chat.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 
 from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Reply
-from gateway.errors import MethodNotAllowed, NotFound
+from gateway.errors import MethodNotAllowed, NotFound, Unauthorized
 from gateway.payload import Payload
 from gateway.runtime import Gateway, Incoming, serve_call
 
@@ -32,9 +33,18 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Routes:
-    def __init__(self, gateway: Gateway, metrics: Callable[[], bytes] | None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        metrics: Callable[[], bytes] | None,
+        admin_key: str | None = None,
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
+        # With an admin key, /metrics and /ready's detail (backend names and URLs, the
+        # store's errors) are for callers that send it; /ready's status stays open for
+        # load balancers, /health too.
+        self.admin_key = admin_key
 
     async def dispatch(self, incoming: Incoming) -> tuple[Reply, str]:
         """The reply and the endpoint that made it; raises OpenAIError."""
@@ -55,9 +65,11 @@ class Routes:
             return Reply(body=Payload.of({"status": "ok"})), "health"
         if path == "/ready":
             _method(incoming, "GET")
-            return await self._ready(), "ready"
+            return await self._ready(self._is_admin(incoming)), "ready"
         if path == "/metrics" and self.metrics is not None:
             _method(incoming, "GET")
+            if not self._is_admin(incoming):
+                raise Unauthorized("/metrics needs the admin key: 'Authorization: Bearer KEY'.")
             return Reply(content=_once(self.metrics()), media_type=PROMETHEUS), "metrics"
         raise NotFound(f"No route for {method} {path}.")
 
@@ -91,7 +103,13 @@ class Routes:
             return await gw.responses.delete(tenant, response_id)
         raise MethodNotAllowed(incoming.method, incoming.path)
 
-    async def _ready(self) -> Reply:
+    def _is_admin(self, incoming: Incoming) -> bool:
+        if self.admin_key is None:
+            return True
+        sent = incoming.headers.get("authorization", "")
+        return hmac.compare_digest(sent.encode(), f"Bearer {self.admin_key}".encode())
+
+    async def _ready(self, detail: bool = True) -> Reply:
         """Readiness: every model has a backend whose breaker lets calls through and that
         says it is ready; 503 with the per-model picture otherwise."""
         gw = self.gateway
@@ -108,12 +126,12 @@ class Routes:
         # on) but it is worth a look: "degraded".
         store_ok = await gw.store.check()
         status = ("ready" if store_ok else "degraded") if ok else "unavailable"
-        payload = {
-            "status": status,
-            "models": models,
-            "backends": checks,
-            "store": {"kind": gw.store.kind, "ok": store_ok, "error": gw.store.last_error},
-        }
+        payload: dict[str, object] = {"status": status}
+        if detail:
+            error = None if store_ok else gw.store.last_error  # no stale error once it is back
+            payload["models"] = models
+            payload["backends"] = checks
+            payload["store"] = {"kind": gw.store.kind, "ok": store_ok, "error": error}
         return Reply(body=Payload.of(payload), status=200 if ok else 503)
 
 

@@ -153,18 +153,28 @@ class Gateway:
     ) -> Reply:
         upstream = backend.client
         gate = backend.gate
-        cost = 0 if gate is None else gate.enter(call)  # raises Refused past the bound
+        metrics = self.metrics
+        try:
+            cost = 0 if gate is None else gate.enter(call)  # raises Refused past the bound
+        except UpstreamError:
+            if metrics is not None:
+                metrics.upstream_outcome(backend.id, "refused")
+            raise
         began = time.perf_counter()
         try:
             reply = await self._answer(call, target, upstream, headers)
-        except BaseException:
+        except BaseException as exc:
             if gate is not None:
                 gate.leave(call, cost)
+            if metrics is not None and isinstance(exc, UpstreamError):
+                metrics.upstream_outcome(backend.id, "error")
             raise
         finally:
             call.state[UPSTREAM_SECONDS] = (
                 call.state.get(UPSTREAM_SECONDS, 0.0) + time.perf_counter() - began
             )
+        if metrics is not None:
+            metrics.upstream_outcome(backend.id, "ok")
         if gate is not None:
             if reply.stream is not None:
                 reply.stream = gate.held(call, cost, reply.stream)

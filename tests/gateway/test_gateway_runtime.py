@@ -167,6 +167,22 @@ def test_metrics_count_requests_plugins_and_backends(
     assert f'llm_gateway_upstream_up{{backend="{up}"}} 1.0' in text
     assert 'llm_gateway_tokens_total{kind="completion",model="m"} 6.0' in text
     assert "llm_gateway_time_to_first_token_seconds_count" in text
+    assert f'llm_gateway_upstream_requests_total{{backend="{up}",outcome="ok"}} 2.0' in text
+
+
+def test_an_admin_key_guards_metrics_and_readiness_detail(
+    mock_upstream: Start, gateway: Callable[[str], str]
+) -> None:
+    up = mock_upstream()
+    url = gateway(_config({"g": [up]}, _model(["g"]), '[server]\nadmin_key = "adm"\n'))
+    assert httpx.get(url + "/metrics").status_code == 401
+    admin = {"authorization": "Bearer adm"}
+    assert "llm_gateway_requests" in httpx.get(url + "/metrics", headers=admin).text
+    anonymous = httpx.get(url + "/ready")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+    detail = httpx.get(url + "/ready", headers=admin).json()
+    assert detail["backends"] == {up: True}  # names and URLs for the operator only
+    assert httpx.get(url + "/health").status_code == 200
 
 
 def test_a_request_an_upstream_read_and_dropped_is_never_sent_again(
