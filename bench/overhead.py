@@ -2,7 +2,7 @@
 (empty chain, default chain) vs LiteLLM's proxy, in the same run.
 
     python bench/overhead.py [--rounds 3] [--no-litellm] [--no-rps] [--cells stream]
-        [--peer NAME=SOURCE_TREE ...]
+        [--peer NAME=SOURCE_TREE ...] [--clients httpx,aiohttp]
 
 Every target proxies the same mock OpenAI server (gateway/testing/mock_upstream.py,
 8 chunks per answer). Rounds interleave the targets so machine noise hits all alike;
@@ -138,6 +138,11 @@ def main() -> None:
     ap.add_argument("--rps-top", type=float, default=20000)
     ap.add_argument("--cells", choices=["all", "json", "stream"], default="all")
     ap.add_argument(
+        "--clients", default="",
+        help="also run the default chain with these upstream HTTP clients, comma-separated "
+        "(httpx, aiohttp: see gateway/upstreams/clients.py); the plain targets use lean",
+    )  # fmt: skip
+    ap.add_argument(
         "--peer", action="append", default=[], metavar="NAME=DIR",
         help="also run the gateway from source tree DIR (default chain), labelled NAME",
     )  # fmt: skip
@@ -166,6 +171,20 @@ def main() -> None:
             cmd += ["--port", str(port), "--log-level", "warning"]
             procs.append(start(cmd, port, "/health"))
             targets[label] = port
+        for client in [c for c in args.clients.split(",") if c]:
+            port = free_port()
+            cfg = tmp / f"client{port}.toml"
+            cfg.write_text(
+                f'[[groups]]\nname = "mock"\nbackends = [{{url = "{upstream}"}}]\n'
+                f'http_client = "{client}"\n[[models]]\nname = "m"\ngroups = ["mock"]\n'
+            )
+            cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
+            cmd += ["--port", str(port), "--log-level", "warning"]
+            try:
+                procs.append(start(cmd, port, "/health"))
+                targets[f"llm-gateway (default, {client})"] = port
+            except RuntimeError as exc:
+                print(f"client {client}: did not start: {exc}", flush=True)
         for peer in args.peer:
             label, _, tree = peer.partition("=")
             port = free_port()

@@ -127,6 +127,7 @@ def _group(
             connect_timeout=cfg.connect_timeout,
             read_timeout=cfg.read_timeout,
             max_connections=cfg.max_connections,
+            http_client=cfg.http_client,
             headers=cfg.headers,
             query=cfg.query,
             expose=expose,

@@ -120,6 +120,9 @@ class GroupConfig(_Section, frozen=True):
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 600.0  # between bytes, not for the whole answer
     max_connections: Annotated[int, Meta(gt=0)] = 512
+    # The HTTP client: auto (the gateway's own, or httpx's when a proxy applies), lean,
+    # httpx, aiohttp (needs httpx-aiohttp). gateway/upstreams/clients.py.
+    http_client: Literal["auto", "lean", "httpx", "aiohttp"] = "auto"
     headers: dict[str, str] = {}  # sent with every request (e.g. Azure's api-key)
     query: dict[str, str] = {}  # added to every URL (e.g. Azure's api-version)
     # Admission, per backend: requests (and prompt + output tokens) it may hold at once;

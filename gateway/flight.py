@@ -6,8 +6,11 @@ callers that arrive before it finishes follow it instead of calling upstream aga
 - A complete answer: followers wait for it and get the same body.
 - A stream: a pump task reads the upstream stream into a buffer and every subscriber
   (the leader's client included) reads the buffer at its own pace, so no client's
-  speed or departure holds the others back. The upstream generation is cancelled only
-  when the last subscriber has gone.
+  speed or departure holds the others back. Chunks everyone has read are dropped; a
+  subscriber so far behind that the buffer would pass `max_bytes` is cut off (its
+  stream ends with an error), and a flight whose first chunks are gone takes no new
+  followers. The upstream generation is cancelled only when the last subscriber has
+  gone.
 - A failure before anything was sent (the leader's call raised) lets each follower try
   on its own; a stream that breaks mid-way breaks for every subscriber, as it did for
   the leader (their clients have part of the answer already).
@@ -17,36 +20,62 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.call import close_stream
+from gateway.errors import OpenAIError
 from gateway.payload import Chunk, Payload
 from gateway.replay import record
+
+# What a shared stream may hold for its slowest reader (chunks everyone has read are
+# dropped); past it, the readers furthest behind are cut off.
+MAX_BUFFER_BYTES = 8 * 2**20
 
 
 class Flight:
     __slots__ = (
+        "_base",
+        "_buffer",
+        "_bytes",
         "_changed",
+        "_cut",
+        "_next_id",
         "_on_settle",
+        "_positions",
         "_pump",
         "_stream_opened",
         "body",
-        "chunks",
         "error",
         "finished",
+        "max_bytes",
         "subscribers",
     )
 
-    def __init__(self, on_settle: Callable[[], None] | None = None) -> None:
-        self.chunks: list[Chunk] = []
+    def __init__(
+        self, on_settle: Callable[[], None] | None = None, max_bytes: int = MAX_BUFFER_BYTES
+    ) -> None:
         self.body: Payload | None = None  # the complete answer, once there is one
         self.error: BaseException | None = None
         self.finished = False
         self.subscribers = 0
+        self.max_bytes = max_bytes
+        # Chunks not yet read by every subscriber: _buffer[0] is chunk number _base.
+        self._buffer: deque[Chunk] = deque()
+        self._base = 0
+        self._bytes = 0
+        self._positions: dict[int, int] = {}  # subscriber -> number of its next chunk
+        self._cut: set[int] = set()  # subscribers dropped for falling too far behind
+        self._next_id = 0
         self._changed = asyncio.Event()
         self._stream_opened = False
         self._pump: asyncio.Task[None] | None = None
         self._on_settle = on_settle  # Flights forgets the key: later callers start anew
+
+    @property
+    def joinable(self) -> bool:
+        """Whether a new subscriber can still get the stream from its first chunk."""
+        return self._base == 0
 
     @property
     def streaming(self) -> bool:
@@ -91,7 +120,10 @@ class Flight:
 
         try:
             async for chunk in record(stream, keep):
-                self.chunks.append(chunk)
+                self._buffer.append(chunk)
+                self._bytes += len(chunk.raw)
+                if self._bytes > self.max_bytes:
+                    self._drop_slowest()
                 self._notify()
         except BaseException as exc:
             self.settle(None, exc)
@@ -109,27 +141,60 @@ class Flight:
         """The stream's chunks from the first, as they arrive (those `keep` accepts).
         Counted as a subscriber from now, not from its first read: a client that has
         not started reading yet must keep the generation alive."""
+        assert self.joinable, "the stream's first chunks are gone: follow no more"
         self.subscribers += 1
-        return _Subscription(self, keep)
+        sid, self._next_id = self._next_id, self._next_id + 1
+        self._positions[sid] = 0
+        return _Subscription(self, keep, sid)
 
-    async def _read(self, keep: Callable[[Chunk], bool] | None) -> AsyncIterator[Chunk]:
+    async def _read(self, keep: Callable[[Chunk], bool] | None, sid: int) -> AsyncIterator[Chunk]:
         i = 0
         try:
             while True:
-                while i < len(self.chunks):
-                    chunk = self.chunks[i]
+                while i < self._base + len(self._buffer):
+                    if sid in self._cut:
+                        raise TooSlow()
+                    chunk = self._buffer[i - self._base]
                     i += 1
+                    self._positions[sid] = i
+                    if i - 1 == self._base:
+                        self._trim()
                     if keep is None or keep(chunk):
                         yield chunk
+                if sid in self._cut:
+                    raise TooSlow()
                 if self.finished:
                     if self.error is not None and not isinstance(self.error, _CutOff):
                         raise self.error
                     return
                 await self._changed.wait()
         finally:
-            await self._leave()
+            await self._leave(sid)
 
-    async def _leave(self) -> None:
+    def _trim(self) -> None:
+        """Drops the chunks every subscriber has read."""
+        low = min(self._positions.values(), default=self._base + len(self._buffer))
+        while self._base < low and self._buffer:
+            self._bytes -= len(self._buffer.popleft().raw)
+            self._base += 1
+
+    def _drop_slowest(self) -> None:
+        """The buffer is over its bound: the subscribers furthest behind are cut off (their
+        streams end with an error), so one stalled client cannot make the gateway hold a
+        whole answer for everyone. The leader's own pump keeps going for the others."""
+        while self._bytes > self.max_bytes and self._positions:
+            low = min(self._positions.values())
+            for sid, position in list(self._positions.items()):
+                if position == low:
+                    self._cut.add(sid)
+                    del self._positions[sid]
+            self._trim()
+
+    async def _leave(self, sid: int | None = None) -> None:
+        if sid is not None:
+            self._positions.pop(sid, None)
+            self._cut.discard(sid)
+            self._trim()
         self.subscribers -= 1
         if self.subscribers == 0 and not self.finished and self._pump is not None:
             self._pump.cancel()  # nobody is listening: stop the generation upstream
@@ -140,10 +205,10 @@ class Flight:
 class _Subscription:
     """One reader of a flight's stream; leaving counts even before the first read."""
 
-    __slots__ = ("_flight", "_gen", "_keep", "_left")
+    __slots__ = ("_flight", "_gen", "_keep", "_left", "_sid")
 
-    def __init__(self, flight: Flight, keep: Callable[[Chunk], bool] | None) -> None:
-        self._flight, self._keep = flight, keep
+    def __init__(self, flight: Flight, keep: Callable[[Chunk], bool] | None, sid: int) -> None:
+        self._flight, self._keep, self._sid = flight, keep, sid
         self._gen: AsyncIterator[Chunk] | None = None
         self._left = False
 
@@ -154,7 +219,7 @@ class _Subscription:
         if self._left:
             raise StopAsyncIteration
         if self._gen is None:
-            self._gen = self._flight._read(self._keep)
+            self._gen = self._flight._read(self._keep, self._sid)
         try:
             return await anext(self._gen)
         except StopAsyncIteration:
@@ -169,9 +234,22 @@ class _Subscription:
             return
         self._left = True
         if self._gen is None:
-            await self._flight._leave()
+            await self._flight._leave(self._sid)
         else:
             await close_stream(self._gen)
+
+
+class TooSlow(OpenAIError):
+    """A subscriber fell so far behind a shared stream that keeping its part would have
+    meant holding more than the flight's bound: its stream ends with this error."""
+
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This stream was read too slowly and was cut off; ask again.", code="client_too_slow"
+        )
 
 
 class _CutOff(Exception):

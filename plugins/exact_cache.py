@@ -124,7 +124,7 @@ class ExactCache(Plugin):
                     call.response_headers["age"] = str(int(age))
                     return self._serve(call, body)
             flight = self.flights.get(key)
-            if flight is not None:
+            if flight is not None and flight.joinable:
                 reply = await self._follow(call, flight)
                 if reply is not None:
                     self._count("hit")

@@ -7,11 +7,19 @@ Plugins never see either directly: the gateway wraps the configured one in
 request goes on without the cache), counts each bypass and reports itself degraded.
 
 Values are bytes (callers encode with msgspec); keys are text. `ttl_s` None: no expiry.
+
+`take` is the one operation that decides as well as stores: an atomic take from a token
+bucket (policies/rate_limit.py), so that replicas sharing a Redis count together. It
+fails open too: a store that cannot answer allows the take.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from policies.rate_limit import Decision
+
+__all__ = ["Decision", "Store", "StoreError"]
 
 
 class StoreError(Exception):
@@ -31,6 +39,23 @@ class Store(Protocol):
 
     async def scan(self, prefix: str) -> list[str]:
         """Every live key that starts with `prefix` (start-up rebuilds; not a hot path)."""
+        ...
+
+    async def take(
+        self,
+        key: str,
+        cost: float,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        ttl_s: float,
+        *,
+        force: bool = False,
+    ) -> Decision:
+        """Takes `cost` from the bucket at `key` if it fits, in one atomic step (see
+        policies/rate_limit.py `take`: a negative cost refunds; `force` charges past the
+        burst; rate_per_s 0 is a budget nothing refills). The state is kept `ttl_s`
+        after the take, and a refilling bucket at least until it is full again."""
         ...
 
     async def ping(self) -> None:

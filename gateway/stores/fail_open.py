@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from gateway.stores import Store, StoreError
+from policies.rate_limit import Decision
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,9 @@ _FAILURES = (StoreError, OSError)
 
 class FailOpenStore:
     """Wraps a `Store` so that every call ends within `timeout_s` and never raises: a
-    failure reads as a miss (get: None, get_many: all None, scan: []) and a write is
-    dropped. Each such call is a bypass, reported through `on_bypass(op)`.
+    failure reads as a miss (get: None, get_many: all None, scan: []), a write is
+    dropped and a take is allowed (a rate limit that cannot count lets requests
+    through). Each such call is a bypass, reported through `on_bypass(op)`.
 
     After a failure the store is degraded: for `cooldown_s` calls skip the inner store
     at once (a dead Redis then costs nothing per request), and after that a single call
@@ -118,6 +120,24 @@ class FailOpenStore:
 
     async def scan(self, prefix: str) -> list[str]:
         return await self._run("scan", [], self.inner.scan, prefix)
+
+    async def take(
+        self,
+        key: str,
+        cost: float,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        ttl_s: float,
+        *,
+        force: bool = False,
+    ) -> Decision:
+        # Allowed, with nothing known about the bucket: shown as a full one.
+        miss = Decision(True, burst, 0.0)
+        take = self.inner.take
+        return await self._run(
+            "take", miss, take, key, cost, rate_per_s, burst, now, ttl_s, force=force
+        )
 
     async def check(self) -> bool:
         """Pings the inner store now, cooldown or not (for readiness); True if it answered."""

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections import OrderedDict
+
+from policies import rate_limit
+from policies.rate_limit import Bucket, Decision
+
+# A bucket's state as a value: used, stamp (two doubles).
+_BUCKET = struct.Struct("<dd")
 
 
 class MemoryStore:
@@ -52,6 +59,9 @@ class MemoryStore:
         return [self._lookup(key, now) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._store(key, value, ttl_s)
+
+    def _store(self, key: str, value: bytes, ttl_s: float | None) -> None:
         if key in self._entries:
             self._remove(key)
         size = len(key) + len(value)
@@ -73,6 +83,28 @@ class MemoryStore:
         for key in expired:
             self._remove(key)
         return [key for key in self._entries if key.startswith(prefix)]
+
+    async def take(
+        self,
+        key: str,
+        cost: float,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        ttl_s: float,
+        *,
+        force: bool = False,
+    ) -> Decision:
+        # Atomic as it stands: nothing here awaits, so no other take runs in between.
+        raw = self._lookup(key, time.monotonic())
+        state = None
+        if raw is not None and len(raw) == _BUCKET.size:
+            state = Bucket(*_BUCKET.unpack(raw))
+        decision, kept = rate_limit.take(state, cost, rate_per_s, burst, now, force=force)
+        if kept is not None:
+            keep = rate_limit.keep_s(kept, rate_per_s, now, ttl_s)
+            self._store(key, _BUCKET.pack(kept.used, kept.stamp), keep)
+        return decision
 
     async def ping(self) -> None:
         return None

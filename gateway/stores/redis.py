@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.stores import StoreError
+from policies.rate_limit import Decision
 
 # Redis's own errors, and what the socket layer raises under them (TimeoutError is an OSError).
 _FAILURES = (RedisError, OSError)
+
+# policies/rate_limit.py `take` and `keep_s`, step for step (same float operations in the
+# same order, so both stores decide alike). State: "used stamp". Numbers go back as
+# text: Redis would truncate a Lua number to an integer, and %.17g round-trips a double.
+TAKE_SCRIPT = """
+local cost, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, ttl, force = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == "1"
+local eps = 1e-6
+local used, stamp = 0, now
+local state = redis.call("GET", KEYS[1])
+if state then
+  local u, s = string.match(state, "^(%S+) (%S+)$")
+  if u and tonumber(u) and tonumber(s) then used, stamp = tonumber(u), tonumber(s) end
+end
+if now > stamp then
+  used = math.max(0, used - (now - stamp) * rate)
+  stamp = now
+end
+local lag = stamp - now
+local function until_full(u)
+  if u <= 0 then return 0 end
+  if rate > 0 then return lag + u / rate end
+  return math.huge
+end
+local function num(x) return string.format("%.17g", x) end
+if cost > 0 and not force and used + cost > burst + eps then
+  local wait = math.huge
+  if cost <= burst + eps and rate > 0 then wait = lag + (used + cost - burst) / rate end
+  return {0, num(math.max(0, burst - used)), num(until_full(used)), num(wait)}
+end
+used = math.max(0, used + cost)
+local keep = ttl
+if rate > 0 then keep = math.max(ttl, stamp - now + used / rate) end
+local px = math.max(1, math.ceil(keep * 1000))
+redis.call("SET", KEYS[1], num(used) .. " " .. num(stamp), "PX", px)
+return {1, num(math.max(0, burst - used)), num(until_full(used)), "0"}
+"""
+_TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
 
 
 def _glob_escape(text: str) -> str:
@@ -95,6 +135,30 @@ class RedisStore:
         # SCAN may return a key more than once (while the server rehashes).
         return [key.decode()[skip:] for key in dict.fromkeys(keys)]
 
+    async def take(
+        self,
+        key: str,
+        cost: float,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        ttl_s: float,
+        *,
+        force: bool = False,
+    ) -> Decision:
+        # repr() of a float is exact, and Lua's tonumber reads it back to the same double.
+        args = [repr(float(x)) for x in (cost, rate_per_s, burst, now, ttl_s)]
+        args.append("1" if force else "0")
+        keys = [self.prefix + key]
+        try:
+            try:
+                reply = await self._client.evalsha(_TAKE_SHA, 1, *keys, *args)
+            except NoScriptError:  # a fresh (or flushed) server: EVAL caches it for next time
+                reply = await self._client.eval(TAKE_SCRIPT, 1, *keys, *args)
+        except _FAILURES as e:
+            raise StoreError(f"redis take (EVALSHA) failed: {e!r}") from e
+        return _decision(reply)
+
     async def ping(self) -> None:
         try:
             await self._client.ping()
@@ -106,3 +170,11 @@ class RedisStore:
             await self._client.aclose()
         except _FAILURES as e:
             raise StoreError(f"redis close failed: {e!r}") from e
+
+
+def _decision(reply: Any) -> Decision:
+    try:
+        allowed, remaining, reset_s, retry_after_s = reply
+        return Decision(bool(allowed), float(remaining), float(reset_s), float(retry_after_s))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"redis take: unexpected reply {reply!r}") from e

@@ -33,8 +33,8 @@ from gateway.errors import UpstreamError, error_fields
 from gateway.headers import DEFAULT_EXPOSE, REQUEST_ID, UPSTREAM_REQUEST_ID, HeaderRules
 from gateway.multipart import replace_field
 from gateway.payload import Chunk, DecodeErrors, Payload
+from gateway.upstreams.clients import Client, make_client
 from gateway.upstreams.sse_reader import EventReader
-from gateway.upstreams.transport import LeanTransport
 from gateway.views import AnswerView, ResponseEventView, ResponseObjectView
 from policies.retry import parse_retry_after
 
@@ -74,7 +74,8 @@ class HttpUpstream:
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
         expose: HeaderRules | None = None,
-        transport: LeanTransport | None = None,
+        http_client: str = "auto",
+        transport: Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
@@ -90,7 +91,7 @@ class HttpUpstream:
         # Request object itself (~20 µs), cost more than the HTTP exchange (py-spy); a
         # proxy to a configured server needs none of it. httpx's Response, URL and errors
         # stay the API.
-        self._transport = transport or LeanTransport(max_connections)
+        self._transport = transport or make_client(http_client, self.base_url, max_connections)
         self._timeouts = {
             "connect": connect_timeout,
             "read": read_timeout,

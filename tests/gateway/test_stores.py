@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
-from gateway.stores import Store, StoreError
+from gateway.stores import Decision, Store, StoreError
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.memory import MemoryStore
 from gateway.stores.redis import RedisStore
 from gateway.testing.redis_server import RedisProcess, free_port
+from policies import rate_limit
+from policies.rate_limit import Bucket
 
 pytestmark = pytest.mark.anyio
 
@@ -108,6 +112,50 @@ async def test_ping(store: Store) -> None:
     await store.ping()
 
 
+# --- take: the token bucket, decided in the store ------------------------------------------
+
+T0 = 1_700_000_000.0
+# (now, cost, force) in order: a burst, a refusal, refill, a cost above one, a refund past
+# full, a forced charge into debt, a clock that goes backwards, time that drains the debt.
+STEPS = [
+    (T0, 1, False), (T0, 1, False), (T0, 1, False), (T0, 1, False),
+    (T0 + 0.25, 1, False), (T0 + 0.6, 1, False), (T0 + 0.6, 2.5, False),
+    (T0 + 1.0, -10, False), (T0 + 1.0, 3, False), (T0 + 1.0, 4, True), (T0 + 0.5, 1, False),
+    (T0 + 0.5, -1, False), (T0 + 2.0, 0, False), (T0 + 9.7, 3, False), (T0 + 9.7, 11, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("rate", [10 / 6, 0.0], ids=["bucket", "budget"])
+async def test_take_decides_as_the_policy_does(store: Store, rate: float) -> None:
+    # The same float operations in the same order: the Lua script's decisions are the
+    # policy's to the last bit, not just approximately.
+    state: Bucket | None = None
+    for now, cost, force in STEPS:
+        got = await store.take("rl", cost, rate, 3, now, 60, force=force)
+        want, kept = rate_limit.take(state, cost, rate, 3, now, force=force)
+        assert got == want, (now, cost, force)
+        state = kept or state
+
+
+async def test_take_reports_a_full_bucket_for_a_new_key(store: Store) -> None:
+    assert await store.take("new", 1, 1.0, 10, T0, 60) == Decision(True, 9, 1.0)
+    assert await store.take("budget", 4, 0.0, 10, T0, 60) == Decision(True, 6, math.inf)
+    refused = await store.take("big", 11, 1.0, 10, T0, 60)
+    assert refused == Decision(False, 10, 0.0, math.inf)
+
+
+async def test_take_keys_are_separate_buckets(store: Store) -> None:
+    assert (await store.take("a", 2, 1.0, 2, T0, 60)).allowed
+    assert not (await store.take("a", 1, 1.0, 2, T0, 60)).allowed
+    assert (await store.take("b", 2, 1.0, 2, T0, 60)).allowed
+
+
+async def test_take_is_atomic_under_concurrent_calls(store: Store) -> None:
+    results = await asyncio.gather(*(store.take("hot", 1, 1.0, 10, T0, 60) for _ in range(50)))
+    assert sum(d.allowed for d in results) == 10
+    assert sorted(d.remaining for d in results if d.allowed) == list(range(10))
+
+
 # --- RedisStore ----------------------------------------------------------------------------
 
 
@@ -165,6 +213,47 @@ async def test_redis_unreachable_raises_store_error() -> None:
             await store.ping()
     finally:
         await store.close()
+
+
+async def test_redis_replicas_take_from_one_bucket(redis_server: RedisProcess) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    one = RedisStore(redis_server.url, prefix=prefix)
+    two = RedisStore(redis_server.url, prefix=prefix)
+    other = RedisStore(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    try:
+        takes = [s.take("rl", 1, 1.0, 10, T0, 60) for s in (one, two) for _ in range(10)]
+        assert sum(d.allowed for d in await asyncio.gather(*takes)) == 10
+        assert (await other.take("rl", 1, 1.0, 10, T0, 60)).allowed  # its own namespace
+    finally:
+        for s in (one, two, other):
+            await s.close()
+
+
+async def test_redis_take_sets_the_keys_ttl(redis_server: RedisProcess) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = RedisStore(redis_server.url, prefix=prefix)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await store.take("bucket", 30, 1.0, 100, T0, 10)
+        assert 10_000 < await raw.pttl(prefix + "bucket") <= 30_000  # until full: 30 s > 10
+        await store.take("budget", 30, 0.0, 100, T0, 10)
+        assert 0 < await raw.pttl(prefix + "budget") <= 10_000  # nothing refills: the ttl
+    finally:
+        await store.close()
+        await raw.aclose()
+
+
+async def test_redis_take_loads_its_script_again_after_a_flush(redis_server: RedisProcess) -> None:
+    store = RedisStore(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    raw = Redis.from_url(redis_server.url)
+    try:
+        assert (await store.take("k", 1, 1.0, 2, T0, 60)).remaining == 1
+        await raw.script_flush()  # EVALSHA now answers NOSCRIPT: the store falls back to EVAL
+        assert (await store.take("k", 1, 1.0, 2, T0, 60)).remaining == 0
+        assert (await store.take("k", 1, 1.0, 2, T0, 60)).allowed is False
+    finally:
+        await store.close()
+        await raw.aclose()
 
 
 # --- MemoryStore ---------------------------------------------------------------------------
@@ -234,6 +323,20 @@ class CountingStore:
         self.calls += 1
         return await self.inner.scan(prefix)
 
+    async def take(
+        self,
+        key: str,
+        cost: float,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        ttl_s: float,
+        *,
+        force: bool = False,
+    ) -> Decision:
+        self.calls += 1
+        return await self.inner.take(key, cost, rate_per_s, burst, now, ttl_s, force=force)
+
     async def ping(self) -> None:
         self.calls += 1
         await self.inner.ping()
@@ -295,6 +398,24 @@ async def test_fail_open_over_a_redis_that_dies(redis_process: RedisProcess) -> 
         await store.set("k", b"back")
         assert await store.get("k") == b"back"
         assert len(bypasses) == 6
+    finally:
+        await store.close()
+
+
+async def test_fail_open_take_allows_while_the_store_is_down(redis_process: RedisProcess) -> None:
+    bypasses: list[str] = []
+    inner = CountingStore(RedisStore(redis_process.url, prefix="fo:"))
+    store = FailOpenStore(inner, timeout_s=0.25, cooldown_s=60, on_bypass=bypasses.append)
+    try:
+        assert (await store.take("rl", 2, 1.0, 2, T0, 60)).allowed
+        assert not (await store.take("rl", 1, 1.0, 2, T0, 60)).allowed
+        redis_process.kill()
+        async with asyncio.timeout(1):
+            assert await store.take("rl", 1, 1.0, 2, T0, 60) == Decision(True, 2, 0.0)
+        reached = inner.calls
+        assert (await store.take("rl", 1, 1.0, 2, T0, 60)).allowed  # cooling down: not sent
+        assert inner.calls == reached
+        assert bypasses == ["take", "take"] and store.degraded
     finally:
         await store.close()
 
