@@ -48,6 +48,7 @@ class Origin:
     keepalive_expiry: float
     idle: list[tuple[Conn, float]] = field(default_factory=list)  # (conn, idle since)
     slots: asyncio.Semaphore = field(init=False)
+    _sweep: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.max_connections)
@@ -82,10 +83,34 @@ class Origin:
     def give_back(self, conn: Conn) -> None:
         if len(self.idle) < self.max_idle and conn.usable:
             self.idle.append((conn, time.monotonic()))
+            if self._sweep is None:
+                self._schedule_sweep()
         else:
             conn.close()
 
+    def _schedule_sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweep = loop.call_later(self.keepalive_expiry, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Closes the idle connections past their expiry or closed by the server, so a
+        quiet gateway does not sit on sockets the upstream has given up (CLOSE_WAIT)."""
+        self._sweep = None
+        now = time.monotonic()
+        keep = []
+        for conn, since in self.idle:
+            if conn.usable and now - since < self.keepalive_expiry:
+                keep.append((conn, since))
+            else:
+                conn.close()
+        self.idle = keep
+        if keep:
+            self._schedule_sweep()
+
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for conn, _ in self.idle:
             conn.close()
         self.idle.clear()

@@ -59,8 +59,9 @@ def test_a_streamed_answer_is_replayed_from_redis_to_the_openai_sdk(
     assert _stats(up)["requests"] == 1
 
 
-def test_redis_killed_mid_run_fails_no_request(
-    mock_upstream: Start, gateway: Callable[[str], str], redis_process: RedisProcess
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_redis_killed_or_paused_mid_run_fails_no_request(
+    mock_upstream: Start, gateway: Callable[[str], str], redis_process: RedisProcess, fault: str
 ) -> None:
     up = mock_upstream(chunks=3)
     url = gateway(_cache_config(up, redis_process.url))
@@ -102,12 +103,14 @@ def test_redis_killed_mid_run_fails_no_request(
     try:
         time.sleep(1.0)
         before_kill = answered
-        redis_process.kill()
+        # Dead (connections refused) or frozen (SIGSTOP: connections hang, only the
+        # store's timeout notices): either way the caches step aside.
+        redis_process.kill() if fault == "kill" else redis_process.pause()
         time.sleep(0.5)
         ready = httpx.get(url + "/ready").json()
         time.sleep(1.0)
         during = answered - before_kill
-        redis_process.restart()
+        redis_process.restart() if fault == "kill" else redis_process.resume()
         time.sleep(1.0)
     finally:
         stop.set()

@@ -218,3 +218,20 @@ async def test_no_free_connection_within_the_pool_timeout_is_a_503_never_sent(
         assert _stats(url)["requests"] == 1
     finally:
         await up.close()
+
+
+async def test_idle_connections_are_closed_once_they_expire(
+    mock_upstream: Callable[..., str],
+) -> None:
+    """A quiet gateway does not sit on kept-alive sockets the upstream is about to drop."""
+    url = mock_upstream()
+    up = HttpUpstream(url)
+    up._transport.keepalive_expiry = 0.05  # type: ignore[union-attr]
+    try:
+        await _send(up, _chat())
+        origins = up._transport._origins.values()  # type: ignore[union-attr]
+        (idle,) = [c for o in origins for c, _ in o.idle]
+        await asyncio.sleep(0.3)  # no request meanwhile: only the sweep can close it
+        assert [c for o in origins for c, _ in o.idle] == [] and not idle.usable
+    finally:
+        await up.close()
