@@ -228,6 +228,22 @@ def test_raw_http_errors_have_openai_shape(server_url: str) -> None:
     assert httpx.get(server_url + "/health").json() == {"status": "ok"}
 
 
+def test_a_huge_prompt_is_refused_and_the_server_keeps_serving(server_url: str) -> None:
+    """4 MB of prompt (under the 32 MB body limit): rendered and tokenized off the event
+    loop, refused for its length, and the server answers the next request as usual."""
+    huge = [{"role": "user", "content": "lorem ipsum " * 350_000}]
+    reply = httpx.post(
+        server_url + "/v1/chat/completions",
+        json={"model": MODEL_ID, "messages": huge, "max_tokens": 1},
+        headers=NO_CACHE,
+        timeout=120,
+    )
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "messages"
+    assert httpx.get(server_url + "/health").status_code == 200
+    small = {"model": MODEL_ID, "messages": CAPITAL, "max_tokens": 2}
+    assert httpx.post(server_url + "/v1/chat/completions", json=small).status_code == 200
+
+
 def test_too_many_generations_in_one_request_are_refused(client: openai.OpenAI) -> None:
     """64 prompts x n=128 fit in 1 KB: refused, not turned into 8,192 generations."""
     with pytest.raises(openai.BadRequestError) as info:
