@@ -123,24 +123,32 @@ def gateway(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: str) -> str:
-        path = tmp_path / f"gateway{len(procs)}.toml"
-        path.write_text(config)
-        port = _free_port()
-        log = tmp_path / f"gateway{len(procs)}.log"
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
-        cmd += ["--port", str(port), "--log-level", "warning"]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
-            )
+        proc, url = start_serve(config, tmp_path / f"gateway{len(procs)}")
         procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(proc, url + "/health", 30, "gateway", log)
         return url
 
     yield start
     for proc in procs:
         stop(proc, 10)
+
+
+def start_serve(
+    config: str, stem: Path, env: dict[str, str] | None = None, wait_s: float = 120
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`llm-gateway serve --config` on a free port, its config and log beside `stem`;
+    (the process, its base URL) once /health answers. The caller stops it."""
+    path, log = stem.with_suffix(".toml"), stem.with_suffix(".log")
+    path.write_text(config)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+    cmd += ["--port", str(port), "--log-level", "warning"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env or os.environ.copy()
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(proc, url + "/health", wait_s, "gateway", log)
+    return proc, url
 
 
 def _config(groups: dict[str, list[str]], models: str, extra: str = "") -> str:

@@ -5,15 +5,12 @@ go on; with the real engine too (its own bound, and queue time on /metrics)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.gateway.conftest import MODEL_ID, _free_port, _stats, stop, wait_until_up
+from tests.gateway.conftest import MODEL_ID, _stats, start_serve, stop
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -74,20 +71,13 @@ def test_a_tenant_over_its_share_gets_429_while_others_get_in(
 def test_the_engine_refuses_past_its_bound_and_reports_queue_time(
     smollm2_gguf: Path, tmp_path: Path
 ) -> None:
-    config = tmp_path / "g.toml"
-    config.write_text(
+    config = (
         f'[engine]\nmodel = "{smollm2_gguf}"\nserved_model_name = "{MODEL_ID}"\n'
         '[[groups]]\nname = "local"\nkind = "engine"\nmax_in_flight = 1\n'
         f'[[models]]\nname = "{MODEL_ID}"\ngroups = ["local"]\n'
     )
-    port, log = _free_port(), tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(config, tmp_path / "g")
     try:
-        wait_until_up(proc, url + "/health", 120, "server", log)
         long = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Tell a story."}],
                 "max_tokens": 60, "ignore_eos": True}  # fmt: skip
 

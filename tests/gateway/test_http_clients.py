@@ -6,31 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.gateway.conftest import _free_port, _stats, stop, wait_until_up
+from tests.gateway.conftest import _stats, start_serve, stop
 
 CLIENTS = ["lean", "httpx"] + (["aiohttp"] if importlib.util.find_spec("httpx_aiohttp") else [])
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "x_unknown": [1, None]}
-
-
-def _serve(config: str, folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    path, log = folder / "g.toml", folder / "g.log"
-    path.write_text(config)
-    port = _free_port()
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(proc, url + "/health", 30, "gateway", log)
-    return proc, url
 
 
 def _config(upstream: str, client: str) -> str:
@@ -59,7 +44,7 @@ def test_the_environments_proxy_is_used(mock_upstream: Callable[..., str], tmp_p
     proxy = mock_upstream()  # answers requests for any absolute URL, as a proxy would
     env = {**os.environ, "HTTP_PROXY": proxy.removesuffix("/v1"), "NO_PROXY": ""}
     # A host only the proxy knows: the request can only succeed through it.
-    proc, url = _serve(_config("http://upstream.invalid:9/v1", "auto"), tmp_path, env)
+    proc, url = start_serve(_config("http://upstream.invalid:9/v1", "auto"), tmp_path / "g", env)
     try:
         reply = httpx.post(url + "/v1/chat/completions", json=BODY, timeout=10)
         assert reply.status_code == 200

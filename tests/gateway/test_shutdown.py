@@ -5,17 +5,14 @@ with the real model)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.gateway.conftest import MODEL_ID, _free_port, stop, wait_until_up
+from tests.gateway.conftest import MODEL_ID, start_serve, stop
 
 
 def _running(url: str) -> float:
@@ -29,20 +26,14 @@ def _running(url: str) -> float:
 def test_sigterm_during_a_generation_exits_within_the_deadline(
     smollm2_gguf: Path, tmp_path: Path
 ) -> None:
-    config = tmp_path / "g.toml"
-    config.write_text(
+    config = (
         "[server]\nshutdown_timeout_s = 1\n"
         f'[engine]\nmodel = "{smollm2_gguf}"\nserved_model_name = "{MODEL_ID}"\n'
     )
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(config, tmp_path / "g")
+    log = tmp_path / "g.log"
+    port = int(url.rsplit(":", 1)[1])
     try:
-        wait_until_up(proc, url + "/health", 120, "server", log)
         body = json.dumps(
             {
                 "model": MODEL_ID,
