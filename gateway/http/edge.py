@@ -87,7 +87,7 @@ class Edge:
             headers[k.decode("latin-1").lower()] = v.decode("latin-1")
         rid = request_id(headers.get(REQUEST_ID))
         path, method = scope["path"], scope["method"]
-        limit = self.limits.body_limit(path, path in ENDPOINTS or not path.startswith("/v1/"))
+        limit = self.limits.body_limit(path in ENDPOINTS or not path.startswith("/v1/"))
         try:
             body = await _read(receive, headers.get("content-length"), limit)
         except TooLarge as exc:

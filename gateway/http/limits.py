@@ -21,7 +21,7 @@ class EdgeLimits:
     header_timeout_s: float = 10.0  # from the connection (or the request's first byte)
     body_timeout_s: float = 30.0  # the longest silence while a body arrives
 
-    def body_limit(self, path: str, json_route: bool) -> int:
+    def body_limit(self, json_route: bool) -> int:
         return self.max_body_bytes if json_route else self.max_upload_bytes
 
     @classmethod
