@@ -23,6 +23,7 @@ from gateway.call import RESPONSES, Reply
 from gateway.errors import OpenAIError, ShuttingDown, TooLarge, error_body, server_error
 from gateway.headers import REQUEST_ID, request_id
 from gateway.http.limits import EdgeLimits
+from gateway.http.protocol import CLIENT_STATE, ClientState
 from gateway.http.routes import ENDPOINTS, Routes
 from gateway.runtime import Gateway, Incoming
 from gateway.sse import DONE, encode_sse
@@ -104,14 +105,17 @@ class Edge:
             request_id=rid,
         )
         # A client that leaves while its answer is being made cancels the making: the
-        # engine drops the request, an upstream's connection is closed.
-        watch = _Watch(asyncio.current_task())
-        watcher = asyncio.ensure_future(watch.run(receive))
+        # engine drops the request, an upstream's connection is closed. Our protocol
+        # (gateway/http/protocol.py) cancels this task itself; under another server a
+        # watcher task does.
+        client = scope.get("extensions", {}).get(CLIENT_STATE)
+        watch = _Watch(asyncio.current_task(), client)
+        watcher = None if client is not None else asyncio.ensure_future(watch.run(receive))
         try:
             reply, endpoint = await self.routes.dispatch(incoming)
         except asyncio.CancelledError:
             watch.task.uncancel()  # type: ignore[union-attr]
-            if watch.client_gone:
+            if watch.gone:
                 log.info("client left before its answer (request %s): cancelled", rid)
                 return
             # The server is shutting down and its grace period is over: this request's
@@ -128,7 +132,8 @@ class Edge:
             return
         finally:
             watch.active = False
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
         try:
             await self._write(send, receive, reply, rid, endpoint)
         except asyncio.CancelledError:  # a stream cut by the server's shutdown
@@ -232,12 +237,18 @@ async def _pump(parts: AsyncIterator[bytes], send: Send) -> None:
 
 class _Watch:
     """Cancels `task` if the client disconnects while `active` (the answer is being
-    made; once it is being written, the writer watches for itself)."""
+    made; once it is being written, the writer watches for itself). `client`: the
+    protocol's own record of the disconnect, when the server is ours."""
 
-    __slots__ = ("active", "client_gone", "task")
+    __slots__ = ("active", "client", "client_gone", "task")
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task, self.active, self.client_gone = task, True, False
+    def __init__(self, task: asyncio.Task[Any] | None, client: ClientState | None) -> None:
+        self.task, self.client = task, client
+        self.active, self.client_gone = True, False
+
+    @property
+    def gone(self) -> bool:
+        return self.client_gone or (self.client is not None and self.client.gone)
 
     async def run(self, receive: Receive) -> None:
         await _disconnected(receive)

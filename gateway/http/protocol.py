@@ -7,6 +7,10 @@ headers as they arrive (431 past the limit), gives the head `header_timeout_s` f
 connection or from the request's first byte, and a body `body_timeout_s` of silence at
 most (408); the connection is then closed. Everything else is uvicorn's.
 
+It also cancels the request's task when its client disconnects before the answer has
+started, so the edge need not run a watcher task per request to notice (it marks the
+request's `scope["extensions"]["llm_gateway.client"]` as gone first).
+
 The limits are a class attribute set once at start-up (`configure`), because uvicorn
 builds protocol instances itself, one per connection, from the class.
 """
@@ -21,6 +25,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.http.limits import EdgeLimits
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+CLIENT_STATE = "llm_gateway.client"  # scope["extensions"] key
+
+
+class ClientState:
+    """Per request: whether its client has gone (set by the protocol on disconnect)."""
+
+    __slots__ = ("gone",)
+
+    def __init__(self) -> None:
+        self.gone = False
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -32,22 +46,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._request_task: asyncio.Task[None] | None = None
+        self._client: ClientState | None = None
         self._in_head = True
         self._in_body = False
         self._head_bytes = 0
-        self._header_count = 0
-        self._last_body = 0.0
+        self._since = 0.0  # when the head began, or the body's last bytes came
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- connection --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head()
+        self._since = self.loop.time()
+        # One timer per connection, checking lazily: a request only notes times, it never
+        # arms or cancels a timer of its own (that cost more than the checks).
+        self._timer = self.loop.call_later(self._period(), self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
+        # The client left while its answer was being made: stop making it (the engine
+        # drops the request, an upstream's connection is closed). A stream being written
+        # is stopped by the edge's writer, which notices the disconnect itself.
+        task, client = self._request_task, self._client
+        if task is not None and client is not None and not task.done():
+            client.gone = True
+            if self.cycle is not None and not self.cycle.response_started:
+                task.cancel()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn's own, keeping the task: connection_lost may have to cancel it.
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        self._request_task = task
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:  # count the head only: the body may come in the same read
@@ -57,67 +92,61 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._reject(431, "The request head is too large.")
                 return
         elif self._in_body:
-            self._last_body = self.loop.time()
+            self._since = self.loop.time()
         super().data_received(data)
 
     # ---- parser callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # What the edge reads to tell a client that left from a server shutting down.
+        self._client = ClientState()
+        self.scope["extensions"] = {CLIENT_STATE: self._client}  # type: ignore[dict-item]
         if not self._in_head:  # the next request on a kept-alive connection
-            self._in_head, self._head_bytes, self._header_count = True, 0, 0
-            self._arm_head()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            self._reject(431, "The request has too many headers.")
-            return
-        super().on_header(name, value)
+            self._in_head, self._head_bytes = True, 0
+            self._since = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm()
+        # Counted once the head is in (its bytes were bounded while it arrived, so the
+        # count is too): a per-header hook would cost every request a call per header.
+        if len(self.headers) > self.limits.max_headers:
+            self._reject(431, "The request has too many headers.")
+            return
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.more_body:
             self._in_body = True
-            self._last_body = self.loop.time()
-            self._timer = self.loop.call_later(self.limits.body_timeout_s, self._check_body)
+            self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        self._disarm()
         super().on_message_complete()
 
-    # ---- timers ------------------------------------------------------------------------
+    # ---- the timer ---------------------------------------------------------------------
 
-    def _arm_head(self) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
+    def _period(self) -> float:
+        return min(self.limits.header_timeout_s, self.limits.body_timeout_s) / 2
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _head_late(self) -> None:
+    def _check(self) -> None:
+        """A head or body overdue is refused; otherwise look again later. A connection
+        idle between requests (or waiting for its answer) is uvicorn's keep-alive
+        timer's, or the app's, business."""
         self._timer = None
-        if self._in_head and (self.cycle is None or self.cycle.response_complete):
+        now = self.loop.time()
+        waiting_head = self._in_head and (self.cycle is None or self.cycle.response_complete)
+        if waiting_head and now - self._since >= self.limits.header_timeout_s:
             self._reject(408, "The request head did not arrive in time.")
-
-    def _check_body(self) -> None:
-        self._timer = None
-        if not self._in_body:
             return
-        due = self._last_body + self.limits.body_timeout_s
-        if self.loop.time() >= due:
+        if self._in_body and now - self._since >= self.limits.body_timeout_s:
             self._reject(408, "The request body stopped arriving.")
-        else:
-            self._timer = self.loop.call_at(due, self._check_body)
+            return
+        self._timer = self.loop.call_later(self._period(), self._check)
 
     def _reject(self, status: int, message: str) -> None:
         """Answers in OpenAI's error shape, then closes the connection."""
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._in_head = self._in_body = False
         if self.transport.is_closing():
             return
