@@ -48,6 +48,7 @@ bench: install
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check gateway backend plugins policies tests bench examples
 	$(BIN)/mypy gateway backend policies plugins
 
 clean:
