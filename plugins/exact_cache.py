@@ -18,6 +18,7 @@ same tenant and conversation) answered from the store.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -81,11 +82,13 @@ class ExactCache(Plugin):
         ttl_s: float = 3600.0,
         max_ttl_s: float = 86400.0,
         only_reproducible: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if ttl_s <= 0 or max_ttl_s <= 0:
             raise TypeError("ttl_s and max_ttl_s must be positive")
         self.ttl_s, self.max_ttl_s = ttl_s, max_ttl_s
         self.only_reproducible = only_reproducible
+        self._clock = clock  # wall clock: ages are shared with other replicas
         self.flights = Flights()
         self.store: Store | None = None
         self._gateway: PluginHost | None = None
@@ -117,7 +120,7 @@ class ExactCache(Plugin):
             found = decode_entry(raw) if raw is not None else None
             if found is not None:
                 created, body = found
-                age = max(0.0, time.time() - created)
+                age = max(0.0, self._clock() - created)
                 if is_fresh(age, control):
                     self._count("hit")
                     call.response_headers[HEADER] = "hit"
@@ -156,7 +159,7 @@ class ExactCache(Plugin):
 
         async def keep(body: Payload) -> None:
             assert self.store is not None
-            await self.store.set(key, encode_entry(body, time.time(), chat), ttl)
+            await self.store.set(key, encode_entry(body, self._clock(), chat), ttl)
 
         # A no-cache request refreshes the entry but does not lead a flight others
         # would follow (it asked for a fresh answer; followers asked for any answer).

@@ -39,15 +39,17 @@ class FailOpenStore:
         timeout_s: float = 0.05,
         cooldown_s: float = 1.0,
         on_bypass: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
+        self._clock = clock  # injected by tests, which advance it instead of sleeping
         self.kind = inner.kind
         self.timeout_s = timeout_s
         self.cooldown_s = cooldown_s
         self.last_error: str | None = None
         self._on_bypass = on_bypass
         self._degraded = False
-        self._failed_at = 0.0  # time.monotonic() of the last failure
+        self._failed_at = 0.0  # the clock's time of the last failure
         self._probing = False
 
     @property
@@ -63,7 +65,7 @@ class FailOpenStore:
         **kwargs: P.kwargs,
     ) -> T:
         probe = self._degraded
-        if probe and (self._probing or time.monotonic() - self._failed_at < self.cooldown_s):
+        if probe and (self._probing or self._clock() - self._failed_at < self.cooldown_s):
             self._bypass(op)
             return miss
         if probe:
@@ -91,7 +93,7 @@ class FailOpenStore:
     def _fail(self, op: str, error: BaseException) -> None:
         detail = str(error) or f"no answer within {self.timeout_s * 1000:g} ms"
         self.last_error = f"{op}: {type(error).__name__}: {detail}"
-        self._failed_at = time.monotonic()
+        self._failed_at = self._clock()
         if not self._degraded:
             self._degraded = True
             log.warning(

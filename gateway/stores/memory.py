@@ -6,6 +6,7 @@ import math
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from policies import rate_limit
 from policies.rate_limit import Bucket, Decision
@@ -24,13 +25,19 @@ class MemoryStore:
 
     kind = "memory"
 
-    def __init__(self, max_entries: int = 100_000, max_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        max_bytes: int = 512 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("max_entries and max_bytes must be positive")
+        self._clock = clock  # injected by tests, which advance it instead of sleeping
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.num_bytes = 0
-        # key -> (value, expires_at on the time.monotonic clock; inf: never); LRU order
+        # key -> (value, expires_at on the clock; inf: never); LRU order
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -52,10 +59,10 @@ class MemoryStore:
         self.num_bytes -= len(key) + len(value)
 
     async def get(self, key: str) -> bytes | None:
-        return self._lookup(key, time.monotonic())
+        return self._lookup(key, self._clock())
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        now = time.monotonic()
+        now = self._clock()
         return [self._lookup(key, now) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
@@ -67,7 +74,7 @@ class MemoryStore:
         size = len(key) + len(value)
         if size > self.max_bytes:
             return  # could never fit; storing it would only flush everything else
-        expires_at = math.inf if ttl_s is None else time.monotonic() + ttl_s
+        expires_at = math.inf if ttl_s is None else self._clock() + ttl_s
         self._entries[key] = (value, expires_at)
         self.num_bytes += size
         while len(self._entries) > self.max_entries or self.num_bytes > self.max_bytes:
@@ -78,7 +85,7 @@ class MemoryStore:
             self._remove(key)
 
     async def scan(self, prefix: str) -> list[str]:
-        now = time.monotonic()
+        now = self._clock()
         expired = [key for key, (_, expires_at) in self._entries.items() if expires_at <= now]
         for key in expired:
             self._remove(key)
@@ -96,7 +103,7 @@ class MemoryStore:
         force: bool = False,
     ) -> Decision:
         # Atomic as it stands: nothing here awaits, so no other take runs in between.
-        raw = self._lookup(key, time.monotonic())
+        raw = self._lookup(key, self._clock())
         state = None
         if raw is not None and len(raw) == _BUCKET.size:
             state = Bucket(*_BUCKET.unpack(raw))

@@ -100,18 +100,24 @@ def test_redis_killed_or_paused_mid_run_fails_no_request(
     threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
+    def answered_past(count: int) -> None:
+        """Until the clients have had `count` answers (bounded), checking every 50 ms."""
+        deadline = time.monotonic() + 30
+        while answered < count and time.monotonic() < deadline and not failures:
+            time.sleep(0.05)
+
     try:
-        time.sleep(1.0)
+        answered_past(30)
         before_kill = answered
         # Dead (connections refused) or frozen (SIGSTOP: connections hang, only the
         # store's timeout notices): either way the caches step aside.
         redis_process.kill() if fault == "kill" else redis_process.pause()
-        time.sleep(0.5)
+        answered_past(before_kill + 10)
         ready = httpx.get(url + "/ready").json()
-        time.sleep(1.0)
+        answered_past(before_kill + 30)
         during = answered - before_kill
         redis_process.restart() if fault == "kill" else redis_process.resume()
-        time.sleep(1.0)
+        answered_past(before_kill + 60)
     finally:
         stop.set()
         for t in threads:
@@ -127,7 +133,7 @@ def test_redis_killed_or_paused_mid_run_fails_no_request(
     deadline = time.monotonic() + 5
     while httpx.get(url + "/ready").json()["status"] != "ready":  # back after the restart
         assert time.monotonic() < deadline, "the store did not come back"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def test_a_bad_cache_control_header_is_ignored(

@@ -45,18 +45,24 @@ def test_a_failing_backend_is_ejected_then_recovers(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
     bad, good = mock_upstream(status=500, name="bad"), mock_upstream(name="good")
-    settings = '{name = "routing", settings = {failure_threshold = 3, ejection_base_s = 1.0}}'
+    settings = '{name = "routing", settings = {failure_threshold = 3, ejection_base_s = 0.05}}'
     url = gateway(
         _config({"g": [bad, good]}, _model(["g"], "round_robin"), f"plugins = [{settings}]")
     )
     for i in range(20):  # retried on the good one: clients never see the failures
         assert _chat(url, f"request {i}").status_code == 200
-    assert _stats(bad)["requests"] == 3  # ejected after 3 consecutive failures
+    # Ejected after 3 consecutive failures; then only probes, the back-off doubling after
+    # each failed one (round robin alone would have sent it 10 of the 20).
+    failed = _stats(bad)["requests"]
+    assert 3 <= failed < 10
     httpx.post(bad + "/control", json={"status": 200})
-    time.sleep(1.2)  # the back-off passes; the next call probes it
-    for i in range(6):
+    deadline = time.monotonic() + 10  # the back-off passes; a probe puts it back
+    i = 0
+    while _stats(bad)["requests"] < failed + 3:
+        assert time.monotonic() < deadline, "the recovered backend never came back"
         assert _chat(url, f"after {i}").status_code == 200
-    assert _stats(bad)["requests"] >= 3 + 3  # back in the rotation
+        i += 1
+        time.sleep(0.01)
 
 
 def test_fallback_to_the_second_group(mock_upstream: Start, gateway: Callable[[str], str]) -> None:

@@ -138,7 +138,7 @@ async def test_a_connection_back_in_the_pool_outlives_the_read_timeout(
     """The per-exchange timer stops with the exchange: a kept-alive connection idle for
     longer than the read timeout is reused, not aborted by a stale timer."""
     url = mock_upstream(chunks=2)
-    up = HttpUpstream(url, read_timeout=0.05)
+    up = HttpUpstream(url, read_timeout=0.01)
     try:
         for stream in (False, True):
             reply = await _send(up, _chat(stream=stream))
@@ -146,7 +146,7 @@ async def test_a_connection_back_in_the_pool_outlives_the_read_timeout(
                 [c async for c in reply.stream]
         origins = up._transport._origins.values()  # type: ignore[attr-defined]
         (idle,) = [c for o in origins for c, _ in o.idle]
-        await asyncio.sleep(0.2)  # idle in the pool past the timeout (not a timing check)
+        await asyncio.sleep(0.05)  # idle in the pool past the timeout (not a timing check)
         assert idle.usable
         reply = await _send(up, _chat())
         assert reply.body is not None
@@ -226,12 +226,12 @@ async def test_idle_connections_are_closed_once_they_expire(
     """A quiet gateway does not sit on kept-alive sockets the upstream is about to drop."""
     url = mock_upstream()
     up = HttpUpstream(url)
-    up._transport.keepalive_expiry = 0.05  # type: ignore[union-attr]
+    up._transport.keepalive_expiry = 0.01  # type: ignore[union-attr]
     try:
         await _send(up, _chat())
         origins = up._transport._origins.values()  # type: ignore[union-attr]
         (idle,) = [c for o in origins for c, _ in o.idle]
-        await asyncio.sleep(0.3)  # no request meanwhile: only the sweep can close it
+        await asyncio.sleep(0.05)  # no request meanwhile: only the sweep can close it
         assert [c for o in origins for c, _ in o.idle] == [] and not idle.usable
     finally:
         await up.close()

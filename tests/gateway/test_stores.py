@@ -12,6 +12,7 @@ from gateway.stores import Decision, Store, StoreError
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.memory import MemoryStore
 from gateway.stores.redis import RedisStore
+from gateway.testing.clock import FakeClock
 from gateway.testing.redis_server import RedisProcess, free_port
 from policies import rate_limit
 from policies.rate_limit import Bucket
@@ -47,19 +48,19 @@ async def test_get_set_overwrite(store: Store) -> None:
 
 
 async def test_ttl_expiry(store: Store) -> None:
-    await store.set("short", b"x", ttl_s=0.05)
+    await store.set("short", b"x", ttl_s=0.01)
     await store.set("long", b"y", ttl_s=60)
     await store.set("forever", b"z")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.05)
     assert await store.get("short") is None
     assert await store.get("long") == b"y"
     assert await store.get("forever") == b"z"
 
 
 async def test_overwrite_resets_ttl(store: Store) -> None:
-    await store.set("k", b"x", ttl_s=0.05)
+    await store.set("k", b"x", ttl_s=0.01)
     await store.set("k", b"y")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.05)
     assert await store.get("k") == b"y"
 
 
@@ -80,9 +81,9 @@ async def test_get_many_keeps_order_with_misses(store: Store) -> None:
 async def test_scan_by_prefix_drops_expired(store: Store) -> None:
     await store.set("conv:1", b"")
     await store.set("conv:2", b"", ttl_s=60)
-    await store.set("conv:gone", b"", ttl_s=0.05)
+    await store.set("conv:gone", b"", ttl_s=0.01)
     await store.set("cache:1", b"")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.05)
     assert sorted(await store.scan("conv:")) == ["conv:1", "conv:2"]
     assert sorted(await store.scan("")) == ["cache:1", "conv:1", "conv:2"]
     assert await store.scan("nothing:") == []
@@ -365,7 +366,10 @@ async def test_fail_open_over_a_redis_that_dies(redis_process: RedisProcess) -> 
     bypasses: list[str] = []
     inner = CountingStore(RedisStore(redis_process.url, prefix="fo:"))
     # Timeouts roomy enough for a loaded test machine: a dead server fails at once anyway.
-    store = FailOpenStore(inner, timeout_s=0.25, cooldown_s=0.2, on_bypass=bypasses.append)
+    clock = FakeClock()
+    store = FailOpenStore(
+        inner, timeout_s=0.25, cooldown_s=0.2, on_bypass=bypasses.append, clock=clock
+    )
     assert store.kind == "redis"
     try:
         await store.set("k", b"v")
@@ -390,7 +394,7 @@ async def test_fail_open_over_a_redis_that_dies(redis_process: RedisProcess) -> 
         assert bypasses == ["get", "get", "get_many", "scan", "set", "delete"]
 
         redis_process.restart()
-        await asyncio.sleep(0.2)
+        clock.advance(0.25)  # the cooldown passes
         # The probe reaches the restarted (empty) server and ends the degraded state.
         assert await store.get("k") is None
         assert inner.calls == reached + 1
