@@ -10,7 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway.call import RESPONSES, Call, close_stream
+from gateway.call import RESPONSES, Call
+from gateway.observe import CLOSED, watch
 from gateway.payload import Chunk, DecodeErrors, Payload
 from gateway.targets import Backend
 from gateway.views import AnswerView, ResponseEventView, ResponseObjectView, UsageView
@@ -123,24 +124,34 @@ class GatewayMetrics:
             _child(c, self.tokens, model, "prompt").inc(usage.prompt)
             _child(c, self.tokens, model, "completion").inc(usage.completion)
 
-    async def watch_stream(self, call: Call, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        """Passes the chunks on, recording TTFT, usage and how the stream ended."""
-        first, usage, status = True, None, 200
-        try:
-            async for chunk in stream:
-                if first:
-                    ttft = _child(self._children, self.ttft, call.model)
-                    ttft.observe(time.perf_counter() - call.started)
-                    first = False
-                if b'"usage"' in chunk.raw:
-                    usage = chunk_usage(call, chunk) or usage
-                yield chunk
-        except BaseException:
-            status = 599  # cut off mid-stream (the client got an error event)
-            raise
-        finally:
-            self._answered(call, status, usage)
-            await close_stream(stream)
+    def watch_stream(self, call: Call, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """The stream, watched for TTFT, usage and how it ended (gateway/observe.py)."""
+        return watch(stream, _StreamMetrics(self, call))
+
+
+class _StreamMetrics:
+    """Records a stream's first-chunk time, its usage, and its end: 200 when it ended,
+    599 when it failed mid-way (the client got an error event), 499 when the client
+    closed it first."""
+
+    __slots__ = ("call", "first", "metrics", "usage")
+
+    def __init__(self, metrics: GatewayMetrics, call: Call) -> None:
+        self.metrics, self.call = metrics, call
+        self.first = True
+        self.usage: UsageView | None = None
+
+    def chunk(self, chunk: Chunk) -> None:
+        if self.first:
+            self.first = False
+            ttft = _child(self.metrics._children, self.metrics.ttft, self.call.model)
+            ttft.observe(time.perf_counter() - self.call.started)
+        if b'"usage"' in chunk.raw:
+            self.usage = chunk_usage(self.call, chunk) or self.usage
+
+    def end(self, error: BaseException | None) -> None:
+        status = 200 if error is None else 499 if error is CLOSED else 599
+        self.metrics._answered(self.call, status, self.usage)
 
 
 def body_usage(call: Call, body: Payload) -> UsageView | None:

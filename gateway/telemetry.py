@@ -24,8 +24,9 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from gateway.call import Call, Reply, close_stream
+from gateway.call import Call, Reply
 from gateway.config import TelemetryConfig
+from gateway.observe import watch
 from gateway.payload import Chunk, DecodeErrors
 from gateway.views import AnswerView, UsageView
 
@@ -125,42 +126,49 @@ def record_error(span: Span, exc: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
 
 
-async def traced_stream(
+def traced_stream(
     span: Span, stream: AsyncIterator[Chunk], capture_content: bool
 ) -> AsyncIterator[Chunk]:
-    """Passes chunks on; records what the last ones say and ends the span with the stream."""
-    reasons: dict[int, str] = {}
-    parts: list[str] = []
-    try:
-        async for chunk in stream:
-            try:
-                view = chunk.view(AnswerView)
-            except DecodeErrors:
-                view = AnswerView()
-            if view.id is not None:
-                span.set_attribute("gen_ai.response.id", view.id)
-            if view.model is not None:
-                span.set_attribute("gen_ai.response.model", view.model)
-            for c in view.choices or ():
-                if c.finish_reason:
-                    reasons[c.index] = c.finish_reason
-            if capture_content and view.choices:
-                for c in chunk.data.get("choices") or ():
-                    delta = c.get("delta")
-                    text = delta.get("content") if isinstance(delta, dict) else c.get("text")
-                    parts.append(text if isinstance(text, str) else "")
-            _usage(span, view.usage)
-            yield chunk
-    except BaseException as exc:
-        record_error(span, exc)
-        raise
-    finally:
-        if reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", list(reasons.values()))
-        if capture_content:
-            span.set_attribute("gen_ai.output.messages", json.dumps(["".join(parts)]))
-        span.end()
-        await close_stream(stream)
+    """The stream, watched: what its chunks say goes on the span, which ends with it."""
+    return watch(stream, _SpanWatcher(span, capture_content))
+
+
+class _SpanWatcher:
+    __slots__ = ("capture", "parts", "reasons", "span")
+
+    def __init__(self, span: Span, capture_content: bool) -> None:
+        self.span, self.capture = span, capture_content
+        self.reasons: dict[int, str] = {}
+        self.parts: list[str] = []
+
+    def chunk(self, chunk: Chunk) -> None:
+        span = self.span
+        try:
+            view = chunk.view(AnswerView)
+        except DecodeErrors:
+            return
+        if view.id is not None:
+            span.set_attribute("gen_ai.response.id", view.id)
+        if view.model is not None:
+            span.set_attribute("gen_ai.response.model", view.model)
+        for c in view.choices or ():
+            if c.finish_reason:
+                self.reasons[c.index] = c.finish_reason
+        if self.capture and view.choices:
+            for c in chunk.data.get("choices") or ():
+                delta = c.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else c.get("text")
+                self.parts.append(text if isinstance(text, str) else "")
+        _usage(span, view.usage)
+
+    def end(self, error: BaseException | None) -> None:
+        if error is not None:
+            record_error(self.span, error)
+        if self.reasons:
+            self.span.set_attribute("gen_ai.response.finish_reasons", list(self.reasons.values()))
+        if self.capture:
+            self.span.set_attribute("gen_ai.output.messages", json.dumps(["".join(self.parts)]))
+        self.span.end()
 
 
 @contextlib.contextmanager

@@ -35,16 +35,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Call, Reply, close_stream
+from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Call, Reply
 from gateway.errors import OpenAIError
 from gateway.metrics import body_usage, chunk_usage
+from gateway.observe import watch
 from gateway.payload import Chunk
 from gateway.plugin import Next, Plugin
+from gateway.views import UsageView
 from policies import rate_limit
 from policies.rate_limit import EPS, Decision
 
@@ -182,7 +184,7 @@ class RateLimits(Plugin):
             if usage is not None:
                 held = await self._correct(held, usage.prompt + usage.completion)
         elif reply.stream is not None and counts_tokens:
-            reply.stream = self._watch(call, reply.stream, held)
+            reply.stream = watch(reply.stream, _Usage(self, call, held))
         reply.headers.update(headers(held))
         return reply
 
@@ -266,21 +268,24 @@ class RateLimits(Plugin):
             out.append(Held(h.meter, tokens, await self._take(h.meter, diff, force=True)))
         return out
 
-    async def _watch(
-        self, call: Call, stream: AsyncIterator[Chunk], held: list[Held]
-    ) -> AsyncIterator[Chunk]:
-        """Passes the chunks on; the usage chunk, once the stream ends, corrects the
-        reservation (a stream cut off before it keeps the whole reservation)."""
-        usage = None
-        try:
-            async for chunk in stream:
-                if b'"usage"' in chunk.raw:
-                    usage = chunk_usage(call, chunk) or usage
-                yield chunk
-        finally:
-            await close_stream(stream)
-            if usage is not None:
-                await self._correct(held, usage.prompt + usage.completion)
+
+class _Usage:
+    """A stream's usage chunk, once the stream ends, corrects its reservation (a stream
+    cut off before it keeps the whole reservation: the tokens may have been spent)."""
+
+    __slots__ = ("call", "held", "limits", "usage")
+
+    def __init__(self, limits: RateLimits, call: Call, held: list[Held]) -> None:
+        self.limits, self.call, self.held = limits, call, held
+        self.usage: UsageView | None = None
+
+    def chunk(self, chunk: Chunk) -> None:
+        if b'"usage"' in chunk.raw:
+            self.usage = chunk_usage(self.call, chunk) or self.usage
+
+    async def end(self, error: BaseException | None) -> None:
+        if self.usage is not None:
+            await self.limits._correct(self.held, self.usage.prompt + self.usage.completion)
 
 
 def headers(held: list[Held]) -> dict[str, str]:

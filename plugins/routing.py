@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from gateway.call import CHAT, COMPLETIONS, RESPONSES, Call, Reply, close_stream
+from gateway.call import CHAT, COMPLETIONS, RESPONSES, Call, Reply
 from gateway.errors import UpstreamError
+from gateway.observe import watch
 from gateway.payload import Chunk
 from gateway.plugin import Next, Plugin
 from gateway.runtime.admission import Refused
@@ -157,7 +157,7 @@ class Routing(Plugin):
                     backend.outstanding -= 1
                     backend.breaker.record_success(time.monotonic())
                 else:
-                    reply.stream = self._watch(backend, reply.stream)
+                    reply.stream = watch(reply.stream, _Outcome(backend))
                 return reply
         if last is not None:
             raise last
@@ -182,22 +182,28 @@ class Routing(Plugin):
         if exc.retry_after is not None:
             backend.breaker.hold_until(now + exc.retry_after)
 
-    async def _watch(self, backend: Backend, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        ok = False
-        try:
-            async for chunk in stream:
-                yield chunk
-            ok = True
-        except UpstreamError:
+
+class _Outcome:
+    """A stream's end, told to its backend: done (success), failed upstream (failure),
+    or given up by the client (neither: the breaker only forgets the call)."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def chunk(self, chunk: Chunk) -> None:
+        return None
+
+    def end(self, error: BaseException | None) -> None:
+        backend = self.backend
+        backend.outstanding -= 1
+        if error is None:
+            backend.breaker.record_success(time.monotonic())
+        elif isinstance(error, UpstreamError):
             backend.breaker.record_failure(time.monotonic())
-            raise
-        finally:
-            backend.outstanding -= 1
-            if ok:
-                backend.breaker.record_success(time.monotonic())
-            else:
-                backend.breaker.release()
-            await close_stream(stream)
+        else:
+            backend.breaker.release()
 
 
 def _retry_after(target: ModelTarget, now: float) -> int:

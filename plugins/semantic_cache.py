@@ -95,6 +95,7 @@ class SemanticCache(Plugin):
         verify: bool = True,
         shadow_rate: float = 0.0,
         shadow_agreement: float = 0.9,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < threshold <= 1:
             raise TypeError("threshold must be in (0, 1]")
@@ -112,7 +113,8 @@ class SemanticCache(Plugin):
         self._gateway: PluginHost | None = None
         self._embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._swept = time.monotonic()
+        self._clock = clock  # wall clock: expiry times are shared with other replicas
+        self._swept = clock()
         self.shadow_agreed = self.shadow_disagreed = 0
 
     async def startup(self, *, gateway: PluginHost) -> None:
@@ -121,7 +123,7 @@ class SemanticCache(Plugin):
             raise RuntimeError("semantic_cache needs the embedding model ([embeddings] enabled)")
         self._gateway, self.store = gateway, gateway.store
         self._embed = embedder.embed
-        self.index = PartitionedIndex(embedder.model.dim, self.max_entries)
+        self.index = PartitionedIndex(embedder.model.dim, self.max_entries, self._clock)
         await self.rebuild()
         if self.store.kind != "memory" and self.refresh_s > 0:
             # Other gateway replicas add entries to the shared store: pick them up.
@@ -156,7 +158,7 @@ class SemanticCache(Plugin):
         assert self.index is not None
         index = self.index
         keys = [k for k in await store.scan(PREFIX) if _entry_id(k) not in index]
-        loaded, now = 0, time.time()
+        loaded, now = 0, self._clock()
         for start in range(0, len(keys), 500):
             batch = keys[start : start + 500]
             for key, raw in zip(batch, await store.get_many(batch), strict=True):
@@ -259,7 +261,7 @@ class SemanticCache(Plugin):
                 return None
             if not verified:
                 continue
-            age = time.time() - entry.created
+            age = self._clock() - entry.created
             if max_age is not None and not is_fresh(age, CacheControl(max_age=max_age)):
                 continue
             raw = await self.store.get(entry.store_key)
@@ -285,7 +287,7 @@ class SemanticCache(Plugin):
         self, partition: str, query: str, vector: np.ndarray, body: Payload, ttl_s: float
     ) -> None:
         assert self.index is not None and self.store is not None
-        now = time.time()
+        now = self._clock()
         entry_id = random.getrandbits(62)  # unique across replicas sharing one store
         key = f"{PREFIX}{partition}:{entry_id}"
         stored = StoredEntry(
@@ -299,10 +301,10 @@ class SemanticCache(Plugin):
         entry = IndexEntry(entry_id, partition, query, analyse(query), key, now, now + ttl_s)
         for gone in self.index.add(entry, vector):
             await self.store.delete(gone.store_key)
-        if time.monotonic() - self._swept > SWEEP_EVERY_S:
+        if self._clock() - self._swept > SWEEP_EVERY_S:
             # Expired entries are dropped when a search meets them; this catches those
             # in partitions nobody asks about any more (the store expired them itself).
-            self._swept = time.monotonic()
+            self._swept = self._clock()
             self.index.expired(now)
 
     # ---- shadow checks ----------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -36,9 +37,12 @@ class IndexEntry:
 
 
 class PartitionedIndex:
-    def __init__(self, dim: int, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, dim: int, max_entries: int = 100_000, clock: Callable[[], float] = time.time
+    ) -> None:
         self.dim = dim
         self.max_entries = max_entries
+        self._clock = clock  # wall clock, as entries' expiry times are
         self._indexes: dict[str, faiss.IndexIDMap2] = {}
         self._entries: OrderedDict[int, IndexEntry] = OrderedDict()  # LRU order
 
@@ -87,7 +91,7 @@ class PartitionedIndex:
         if index is None:
             return []
         scores, ids = index.search(_row(vector), min(k, index.ntotal))
-        now = time.time()
+        now = self._clock()
         found = []
         for score, entry_id in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
             if entry_id < 0 or score < min_similarity:

@@ -10,8 +10,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.call import Call, close_stream
+from gateway.call import Call
 from gateway.errors import UpstreamError
+from gateway.observe import watch
 from gateway.payload import Chunk
 from policies.admission import GLOBAL, Admission
 
@@ -58,16 +59,22 @@ class Gate:
     def leave(self, call: Call, cost: int) -> None:
         self.admission.leave(call.tenant, cost, time.monotonic())
 
-    async def held(
-        self, call: Call, cost: int, stream: AsyncIterator[Chunk]
-    ) -> AsyncIterator[Chunk]:
+    def held(self, call: Call, cost: int, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         """The stream, holding its place until it ends, fails or is closed."""
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            self.leave(call, cost)
-            await close_stream(stream)
+        return watch(stream, _Place(self, call, cost))
+
+
+class _Place:
+    __slots__ = ("call", "cost", "gate")
+
+    def __init__(self, gate: Gate, call: Call, cost: int) -> None:
+        self.gate, self.call, self.cost = gate, call, cost
+
+    def chunk(self, chunk: Chunk) -> None:
+        return None
+
+    def end(self, error: BaseException | None) -> None:
+        self.gate.leave(self.call, self.cost)
 
 
 def estimate_tokens(call: Call) -> int:

@@ -23,9 +23,10 @@ from gateway.runtime import PluginHost
 from gateway.stores.fail_open import FailOpenStore
 from gateway.stores.redis import RedisStore
 from gateway.targets import Backend, Group, ModelTarget
+from gateway.testing.clock import FakeClock
 from gateway.testing.conformance import FakeUpstream, check_plugin, collect
 from gateway.testing.redis_server import RedisProcess
-from plugins.semantic_cache import SemanticCache
+from plugins.semantic_cache import SWEEP_EVERY_S, SemanticCache
 
 pytestmark = pytest.mark.anyio
 
@@ -201,17 +202,18 @@ async def test_entries_survive_a_restart_through_redis(
 async def test_entries_expire_and_the_index_is_bounded(
     store: FailOpenStore, embedder: Embedder
 ) -> None:
-    plugin = await _cache(store, embedder, ttl_s=0.3, max_entries=2)
+    clock = FakeClock()
+    plugin = await _cache(store, embedder, ttl_s=60, max_entries=2, clock=clock)
     chain = Chain([ChainEntry("semantic_cache", plugin)], FakeUpstream())
     for q in ("What is a mutex?", "What is a semaphore?", "What is a spinlock?"):
         await _ask(chain, _call(q))
     assert plugin.index is not None and len(plugin.index) == 2
     assert len(await store.scan("sem:")) == 2  # the evicted entry left the store too
     assert (await _ask(chain, _call("what's a mutex")))[1] == "miss"  # evicted (oldest)
-    await asyncio.sleep(0.5)
+    clock.advance(61)  # past the TTL
     assert (await _ask(chain, _call("what's a spinlock")))[1] == "miss"  # expired
-    await asyncio.sleep(0.5)  # the spinlock answer just kept expires too, unsearched
-    plugin._swept = -1e9  # the periodic sweep is due: entries nobody searches for go
+    clock.advance(61)  # the spinlock answer just kept expires too, unsearched
+    clock.advance(SWEEP_EVERY_S)  # the periodic sweep is due: entries nobody searches for go
     await _ask(chain, _call("What is a deadlock?"))
     assert len(plugin.index) == 1
 
@@ -294,10 +296,10 @@ async def test_replicas_sharing_redis_see_each_others_entries(
         FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0) for _ in "ab"
     ]
     try:
-        a, b = [await _cache(s, embedder, refresh_s=0.1) for s in stores]
+        a, b = [await _cache(s, embedder, refresh_s=3600) for s in stores]
         up = FakeUpstream()
         await _ask(Chain([ChainEntry("semantic_cache", a)], up), _call("What is a mutex?"))
-        await asyncio.sleep(0.4)  # b's refresh loads what a added
+        assert await b.rebuild() == 1  # what b's periodic refresh does: load what a added
         chain_b = Chain([ChainEntry("semantic_cache", b)], up)
         assert await _ask(chain_b, _call("what's a mutex")) == ("echo: What is a mutex?", "hit")
         assert up.calls == 1
