@@ -54,11 +54,12 @@ class Gateway:
     # Where caches, conversations and stored responses keep state; fails open.
     store: FailOpenStore = field(default_factory=lambda: FailOpenStore(MemoryStore()))
     forward: HeaderRules = field(default_factory=lambda: HeaderRules(DEFAULT_FORWARD))
-    # The local embedding model (gateway/embeddings.py), loaded on first use by
+    # The local embedding model (gateway/embeddings/), loaded on first use by
     # load_embedder() from the factory (a gateway that never embeds never pays for it).
     embedder: Embedder | None = None
     embedder_factory: Callable[[], Awaitable[Embedder]] | None = None
     embedder_names: frozenset[str] = frozenset()  # model names /v1/embeddings answers to
+    owns_embedder_model: bool = True  # close() stops the model's thread (not a shared one)
     embedding_max_tokens: int = 65_536  # per /v1/embeddings request, for the local model
     # The Responses API served over chat, for upstreams that do not serve it (the engine).
     responses: ResponsesAdapter | None = None
@@ -231,7 +232,7 @@ class Gateway:
         if self.embedder is not None:
             await self.embedder.close()
             close_model = getattr(self.embedder.model, "close", None)
-            if close_model is not None:
+            if close_model is not None and self.owns_embedder_model:
                 close_model()  # the model's own torch thread
         await self.store.close()
         upstreams = {id(b.upstream): b.upstream for b in self.backends() if b.upstream}

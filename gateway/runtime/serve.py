@@ -9,17 +9,17 @@ need it); a client that did not ask for it never sees it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from opentelemetry import propagate
 
 from gateway import telemetry
-from gateway.call import EMBEDDINGS, GENERATION, PASSTHROUGH, Call, Reply, close_stream, view_type
-from gateway.embeddings_route import serve_embeddings
+from gateway.call import EMBEDDINGS, GENERATION, PASSTHROUGH, Call, Reply, view_type
+from gateway.embeddings import serve_embeddings
 from gateway.errors import InvalidRequest, NotFound, OpenAIError, invalid_body
 from gateway.multipart import boundary, read_field
+from gateway.observe import drop
 from gateway.payload import Chunk, DecodeErrors, Payload, decoder
 from gateway.replay import is_usage_only
 from gateway.runtime.gateway import UPSTREAM_SECONDS, Gateway
@@ -88,7 +88,9 @@ async def serve_call(
         else:
             reply.stream = metrics.watch_stream(call, reply.stream)
     if reply.stream is not None and not call.wants_usage:
-        reply.stream = _hide_usage(reply.stream)
+        # The usage-only chunk the gateway asked for on the client's behalf: watchers
+        # (metrics) saw it; the client, who did not ask for it, does not.
+        reply.stream = drop(reply.stream, _usage_only)
     return reply
 
 
@@ -201,13 +203,5 @@ def _decode(type_: type[T], body: bytes) -> T:
     return value
 
 
-async def _hide_usage(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """The stream without the usage-only chunk the gateway asked for on the client's
-    behalf (the client did not ask for it)."""
-    try:
-        async for chunk in stream:
-            if b'"usage"' in chunk.raw and is_usage_only(chunk):
-                continue
-            yield chunk
-    finally:
-        await close_stream(stream)
+def _usage_only(chunk: Chunk) -> bool:
+    return b'"usage"' in chunk.raw and is_usage_only(chunk)

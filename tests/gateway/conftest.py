@@ -168,6 +168,17 @@ def _stats(upstream: str) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(scope="session")
+def embedding_model() -> Iterator[Any]:
+    """The real all-MiniLM-L6-v2, loaded once for the whole session and shared by every
+    test that embeds (they only read it; each starts its own Embedder over it)."""
+    from gateway.embeddings import EmbeddingModel
+
+    model = EmbeddingModel()
+    yield model
+    model.close()
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[FailOpenStore]:
     """The gateway's store as plugins get it (fail-open), over memory and over a real

@@ -100,6 +100,7 @@ def test_redis_killed_or_paused_mid_run_fails_no_request(
     threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
+
     def answered_past(count: int) -> None:
         """Until the clients have had `count` answers (bounded), checking every 50 ms."""
         deadline = time.monotonic() + 30

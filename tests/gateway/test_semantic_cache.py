@@ -31,9 +31,10 @@ from plugins.semantic_cache import SWEEP_EVERY_S, SemanticCache
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def model() -> EmbeddingModel:
-    return EmbeddingModel()
+@pytest.fixture
+def model(embedding_model: EmbeddingModel) -> EmbeddingModel:
+    """The session's one loaded model (tests/gateway/conftest.py)."""
+    return embedding_model
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from msgspec import Meta, Struct
 from gateway.errors import InvalidRequest, ModelNotFound, invalid_body
 
 if TYPE_CHECKING:
-    from gateway.embeddings import Embedded, Embedder
+    from gateway.embeddings.batcher import Embedder
+    from gateway.embeddings.types import Embedded
 
 MAX_INPUTS = 2048  # OpenAI's limit on items per request
 
