@@ -127,7 +127,7 @@ async def highest_rps(port: int, raw: bytes, seconds: float, top: float) -> dict
     return {"highest_rps": best, "base_p99_ms": base, "steps": steps}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=400, help="per client count 1 cell")
@@ -147,8 +147,124 @@ def main() -> None:
         help="also run the gateway from source tree DIR (default chain), labelled NAME",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/overhead.json")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def gateway_config(upstream: str, extra: str = "", group: str = "") -> str:
+    return (
+        f'{extra}[[groups]]\nname = "mock"\nbackends = [{{url = "{upstream}"}}]\n{group}'
+        '[[models]]\nname = "m"\ngroups = ["mock"]\n'
+    )
+
+
+def start_gateway(
+    tmp: Path, config: str, tree: Path | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`llm-gateway serve` with `config`, from this tree or from `tree`."""
+    port = free_port()
+    cfg = tmp / f"gw{port}.toml"
+    cfg.write_text(config)
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
+    cmd += ["--port", str(port), "--log-level", "warning"]
+    if tree is None:
+        return start(cmd, port, "/health"), port
+    root = tree.resolve()  # `-m` imports from the working directory first
+    env = os.environ | {"PYTHONPATH": str(root)}
+    return start(cmd, port, "/health", env, cwd=root), port
+
+
+def start_targets(
+    args: argparse.Namespace, tmp: Path, upstream: str, procs: list[subprocess.Popen[bytes]]
+) -> tuple[dict[str, int], str]:
+    """label -> port of everything measured next to the mock (`direct`), and what became
+    of LiteLLM."""
+    targets: dict[str, int] = {}
+    for label, extra in (
+        ("llm-gateway (empty chain)", "plugins = []\n"),
+        ("llm-gateway (default chain)", ""),
+    ):
+        proc, targets[label] = start_gateway(tmp, gateway_config(upstream, extra))
+        procs.append(proc)
+    for client in [c for c in args.clients.split(",") if c]:
+        config = gateway_config(upstream, group=f'http_client = "{client}"\n')
+        try:
+            proc, targets[f"llm-gateway (default, {client})"] = start_gateway(tmp, config)
+            procs.append(proc)
+        except RuntimeError as exc:
+            print(f"client {client}: did not start: {exc}", flush=True)
+    for peer in args.peer:
+        label, _, tree = peer.partition("=")
+        config = gateway_config(upstream)
+        proc, targets[f"{label} (default chain)"] = start_gateway(tmp, config, Path(tree))
+        procs.append(proc)
+    litellm_note = "skipped (--no-litellm)"
+    if not args.no_litellm:
+        litellm_note = start_litellm(tmp, upstream, targets, procs)
+    return targets, litellm_note
+
+
+def start_litellm(
+    tmp: Path, upstream: str, targets: dict[str, int], procs: list[subprocess.Popen[bytes]]
+) -> str:
+    exe, why = ensure_litellm()
+    if exe is None:
+        return why
+    port = free_port()
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text(
+        "model_list:\n  - model_name: m\n    litellm_params:\n"
+        f"      model: openai/m\n      api_base: {upstream}\n      api_key: sk-mock\n"
+        "litellm_settings:\n  telemetry: false\n"
+    )
+    env = os.environ | {
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_MASTER_KEY": API_KEY,
+    }
+    try:
+        cmd = [str(exe), "--config", str(cfg), "--port", str(port), "--num_workers", "1"]
+        procs.append(start(cmd, port, "/health/liveliness", env))
+    except RuntimeError as exc:
+        return f"did not start: {exc}"
+    targets[f"LiteLLM proxy {litellm_version()}"] = port
+    return "ran"
+
+
+def raw_request(port: int, stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    return build_request(HOST, port, "/v1/chat/completions", json.dumps(body).encode(), auth)
+
+
+def run_rounds(
+    args: argparse.Namespace, targets: dict[str, int]
+) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Every cell, every target, interleaved, `args.rounds` times."""
+    kinds = {"all": (False, True), "json": (False,), "stream": (True,)}[args.cells]
+    cells = [(stream, clients) for stream in kinds for clients in (1, 16)]
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for r in range(args.rounds):
+        for stream, clients in cells:
+            cell = f"{'stream' if stream else 'json'} x{clients}"
+            n = args.requests if clients == 1 else args.requests_16
+            for name, port in targets.items():
+                res = asyncio.run(closed_loop(HOST, port, raw_request(port, stream), clients, n))
+                runs.setdefault(cell, {}).setdefault(name, []).append(
+                    {"p50": pct(res, 50), "p99": pct(res, 99), "errors": res.errors,
+                     "rps": len(res.latencies) / res.elapsed}
+                )  # fmt: skip
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     try:
@@ -156,115 +272,16 @@ def main() -> None:
         procs.append(start([sys.executable, "-m", "gateway.testing.mock_upstream", "--port",
                             str(mock_port), "--chunks", "8"], mock_port, "/v1/models"))  # fmt: skip
         upstream = f"http://{HOST}:{mock_port}/v1"
-        targets: dict[str, int] = {"direct": mock_port}
-        for label, chain in (
-            ("llm-gateway (empty chain)", "[]"),
-            ("llm-gateway (default chain)", None),
-        ):
-            port = free_port()
-            cfg = tmp / f"gw{port}.toml"
-            text = "" if chain is None else f"plugins = {chain}\n"
-            text += f'[[groups]]\nname = "mock"\nbackends = [{{url = "{upstream}"}}]\n'
-            text += '[[models]]\nname = "m"\ngroups = ["mock"]\n'
-            cfg.write_text(text)
-            cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
-            cmd += ["--port", str(port), "--log-level", "warning"]
-            procs.append(start(cmd, port, "/health"))
-            targets[label] = port
-        for client in [c for c in args.clients.split(",") if c]:
-            port = free_port()
-            cfg = tmp / f"client{port}.toml"
-            cfg.write_text(
-                f'[[groups]]\nname = "mock"\nbackends = [{{url = "{upstream}"}}]\n'
-                f'http_client = "{client}"\n[[models]]\nname = "m"\ngroups = ["mock"]\n'
-            )
-            cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
-            cmd += ["--port", str(port), "--log-level", "warning"]
-            try:
-                procs.append(start(cmd, port, "/health"))
-                targets[f"llm-gateway (default, {client})"] = port
-            except RuntimeError as exc:
-                print(f"client {client}: did not start: {exc}", flush=True)
-        for peer in args.peer:
-            label, _, tree = peer.partition("=")
-            port = free_port()
-            cfg = tmp / f"peer{port}.toml"
-            cfg.write_text(
-                f'[[groups]]\nname = "mock"\nbackends = [{{url = "{upstream}"}}]\n'
-                '[[models]]\nname = "m"\ngroups = ["mock"]\n'
-            )
-            cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
-            cmd += ["--port", str(port), "--log-level", "warning"]
-            root = Path(tree).resolve()  # `-m` imports from the working directory first
-            env = os.environ | {"PYTHONPATH": str(root)}
-            procs.append(start(cmd, port, "/health", env, cwd=root))
-            targets[f"{label} (default chain)"] = port
-        litellm_note = "skipped (--no-litellm)"
-        if not args.no_litellm:
-            exe, why = ensure_litellm()
-            if exe is None:
-                litellm_note = why
-            else:
-                port = free_port()
-                cfg = tmp / "litellm.yaml"
-                cfg.write_text(
-                    "model_list:\n  - model_name: m\n    litellm_params:\n"
-                    f"      model: openai/m\n      api_base: {upstream}\n      api_key: sk-mock\n"
-                    "litellm_settings:\n  telemetry: false\n"
-                )
-                env = os.environ | {
-                    "LITELLM_LOG": "ERROR",
-                    "LITELLM_TELEMETRY": "False",
-                    "LITELLM_MASTER_KEY": API_KEY,
-                }
-                try:
-                    cmd = [str(exe), "--config", str(cfg), "--port", str(port)]
-                    cmd += ["--num_workers", "1"]
-                    procs.append(start(cmd, port, "/health/liveliness", env))
-                    targets[f"LiteLLM proxy {litellm_version()}"] = port
-                    litellm_note = "ran"
-                except RuntimeError as exc:
-                    litellm_note = f"did not start: {exc}"
-
-        def raw(port: int, stream: bool) -> bytes:
-            body = {
-                "model": "m",
-                "messages": [{"role": "user", "content": "hello"}],
-                "stream": stream,
-            }
-            if stream:
-                body["stream_options"] = {"include_usage": True}
-            return build_request(
-                HOST,
-                port,
-                "/v1/chat/completions",
-                json.dumps(body).encode(),
-                {"authorization": f"Bearer {API_KEY}"},
-            )
-
-        kinds = {"all": (False, True), "json": (False,), "stream": (True,)}[args.cells]
-        cells = [(stream, clients) for stream in kinds for clients in (1, 16)]
-        runs: dict[str, dict[str, list[dict[str, float]]]] = {}
-        for r in range(args.rounds):
-            for stream, clients in cells:
-                cell = f"{'stream' if stream else 'json'} x{clients}"
-                n = args.requests if clients == 1 else args.requests_16
-                for name, port in targets.items():
-                    res = asyncio.run(closed_loop(HOST, port, raw(port, stream), clients, n))
-                    runs.setdefault(cell, {}).setdefault(name, []).append(
-                        {"p50": pct(res, 50), "p99": pct(res, 99), "errors": res.errors,
-                         "rps": len(res.latencies) / res.elapsed}
-                    )  # fmt: skip
-            print(f"round {r + 1}/{args.rounds} done", flush=True)
-
+        others, litellm_note = start_targets(args, tmp, upstream, procs)
+        targets = {"direct": mock_port, **others}
+        runs = run_rounds(args, targets)
         rps: dict[str, Any] = {}
         if not args.no_rps:
             for name, port in targets.items():
                 rps[name] = asyncio.run(
-                    highest_rps(port, raw(port, False), args.rps_seconds, args.rps_top)
+                    highest_rps(port, raw_request(port, False), args.rps_seconds, args.rps_top)
                 )
                 print(f"rps {name}: {rps[name]['highest_rps']:.0f}", flush=True)
-
         result = {
             "setup": {
                 "cpu": platform.processor() or platform.machine(),
