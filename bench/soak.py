@@ -42,6 +42,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import soak_traffic as traffic
+from bench.proc_sample import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = traffic.HOST
@@ -50,7 +51,6 @@ BACKEND_FLAGS = ["--max-num-seqs", "16", "--log-level", "warning"]
 TIMEOUT_S = 5.0  # [server] header_timeout_s and body_timeout_s
 SETTLE_S = 15.0  # after the traffic: past keep-alive (5 s) on both hops
 SEED = 0
-ESTABLISHED, CLOSE_WAIT = "01", "08"  # /proc/net/tcp states
 
 
 # ---- the stack ---------------------------------------------------------------------------
@@ -106,69 +106,6 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-
-
-# ---- /proc -------------------------------------------------------------------------------
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def socket_inodes(pid: int) -> tuple[int, set[int]]:
-    """The process's open descriptors: how many, and the inodes of its sockets."""
-    fd_dir = Path(f"/proc/{pid}/fd")
-    count, inodes = 0, set()
-    for name in os.listdir(fd_dir):
-        try:
-            target = os.readlink(fd_dir / name)
-        except FileNotFoundError:  # closed since listed
-            continue
-        count += 1
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return count, inodes
-
-
-def tcp_table() -> dict[int, tuple[int, int, str]]:
-    """inode -> (local port, remote port, state) for every TCP socket, IPv4 and IPv6."""
-    table = {}
-    for name in ("tcp", "tcp6"):
-        path = Path("/proc/net") / name
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines()[1:]:
-            f = line.split()
-            local, remote = int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)
-            table[int(f[9])] = (local, remote, f[3])
-    return table
-
-
-def sample(gateway: int, backend: int, gw_port: int, up_port: int) -> dict[str, Any]:
-    fds, inodes = socket_inodes(gateway)
-    socks = [s for i, s in tcp_table().items() if i in inodes]
-    be_fds, _ = socket_inodes(backend)
-    return {
-        "gateway": {
-            "rss_mb": rss_kb(gateway) / 1024,
-            "fds": fds,
-            "upstream_conns": sum(r == up_port and st == ESTABLISHED for _, r, st in socks),
-            "client_conns": sum(lp == gw_port and st == ESTABLISHED for lp, _, st in socks),
-            "close_wait": sum(st == CLOSE_WAIT for _, _, st in socks),
-            "close_wait_upstream": sum(r == up_port and st == CLOSE_WAIT for _, r, st in socks),
-            "cpu_s": cpu_s(gateway),
-        },
-        "backend": {"rss_mb": rss_kb(backend) / 1024, "fds": be_fds, "cpu_s": cpu_s(backend)},
-    }
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- the run -----------------------------------------------------------------------------
