@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gateway.call import close_stream
 from gateway.errors import OpenAIError
 from gateway.payload import Chunk, Payload
-from gateway.replay import record
+from gateway.replay import Keep, hand_over, record
 
 # What a shared stream may hold for its slowest reader (chunks everyone has read are
 # dropped); past it, the readers furthest behind are cut off.
@@ -205,12 +205,18 @@ class Flight:
 class _Subscription:
     """One reader of a flight's stream; leaving counts even before the first read."""
 
-    __slots__ = ("_flight", "_gen", "_keep", "_left", "_sid")
+    __slots__ = ("_flight", "_gen", "_keep", "_keeps", "_left", "_sid")
 
     def __init__(self, flight: Flight, keep: Callable[[Chunk], bool] | None, sid: int) -> None:
         self._flight, self._keep, self._sid = flight, keep, sid
         self._gen: AsyncIterator[Chunk] | None = None
         self._left = False
+        self._keeps: list[Keep] = []
+
+    def on_complete(self, keep: Keep) -> None:
+        """`keep` gets the flight's answer (assembled once, by the pump) if this reader
+        reads it to its clean end (gateway/replay.py's record)."""
+        self._keeps.append(keep)
 
     def __aiter__(self) -> _Subscription:
         return self
@@ -224,6 +230,9 @@ class _Subscription:
             return await anext(self._gen)
         except StopAsyncIteration:
             self._left = True
+            body = self._flight.body
+            if body is not None and self._keeps:
+                await hand_over(self._keeps, body)
             raise
         except BaseException:
             self._left = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.call import close_stream
 from gateway.payload import Chunk, DecodeErrors, Payload
@@ -173,21 +173,76 @@ def _merge_logprobs(seen: dict[str, Any] | None, new: Any) -> Any:
     return seen
 
 
-async def record(
-    stream: AsyncIterator[Chunk], on_complete: Callable[[Payload], Awaitable[None]]
-) -> AsyncIterator[Chunk]:
+Keep = Callable[[Payload], Awaitable[None]]
+
+
+@runtime_checkable
+class Recordable(Protocol):
+    """A stream that already knows its complete answer once it has ended cleanly (a
+    Recording, a flight's subscription): `record` adds to it instead of assembling the
+    same chunks again."""
+
+    def on_complete(self, keep: Keep) -> None: ...
+
+
+def record(stream: AsyncIterator[Chunk], keep: Keep) -> AsyncIterator[Chunk]:
     """Passes `stream` on unchanged; once it has ended cleanly with every choice
-    finished, hands the assembled answer to `on_complete`. A stream that fails, is cut
-    off or is abandoned by the client hands over nothing."""
-    assembler = Assembler()
-    try:
-        async for chunk in stream:
-            assembler.feed(chunk)
-            yield chunk
-    finally:
-        await close_stream(stream)
-    if assembler.complete:
-        await on_complete(Payload.of(assembler.body()))
+    finished, hands the assembled answer to `keep`. A stream that fails, is cut off or is
+    abandoned by the client hands over nothing. Plugins that each record the same stream
+    (conversation memory over a cache) share one assembler."""
+    if isinstance(stream, Recordable):
+        stream.on_complete(keep)
+        return stream
+    recording = Recording(stream)
+    recording.on_complete(keep)
+    return recording
+
+
+class Recording:
+    """A stream passed on chunk by chunk while one Assembler reads along. A class rather
+    than a generator: one layer less per chunk, and others can add their `keep`."""
+
+    __slots__ = ("_assembler", "_ended", "_keeps", "_stream")
+
+    def __init__(self, stream: AsyncIterator[Chunk]) -> None:
+        self._stream = stream
+        self._assembler = Assembler()
+        self._keeps: list[Keep] = []
+        self._ended = False
+
+    def on_complete(self, keep: Keep) -> None:
+        self._keeps.append(keep)
+
+    def __aiter__(self) -> Recording:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            await close_stream(self._stream)
+            if self._assembler.complete:
+                await hand_over(self._keeps, Payload.of(self._assembler.body()))
+            raise
+        except BaseException:
+            self._ended = True
+            await close_stream(self._stream)
+            raise
+        self._assembler.feed(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        self._ended = True
+        await close_stream(self._stream)
+
+
+async def hand_over(keeps: list[Keep], body: Payload) -> None:
+    """The complete answer to each keeper in the order they asked."""
+    for keep in keeps:
+        await keep(body)
 
 
 def replay(body: Payload, *, include_usage: bool, id: str | None = None) -> AsyncIterator[Chunk]:
