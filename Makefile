@@ -16,7 +16,8 @@ TORCH  ?= torch==2.13.0
 
 install: toolchain $(STAMP) model
 
-# A C++ compiler builds the fused CPU attention kernel on first use (backend/cpu_kernels.py).
+# A C++ compiler builds the CPU kernels on first use (backend/kernels/loader.py; ninja
+# comes from PyPI with the project).
 # Installed with apt where we may; without one the engine falls back to the PyTorch path.
 toolchain:
 	@command -v g++ >/dev/null 2>&1 || { \

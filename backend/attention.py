@@ -4,7 +4,7 @@ The flat batch of T tokens holds single-token decodes first, then prefill chunks
 Decodes are batched into one SDPA call over their gathered context; each prefill chunk
 gets its own call with a causal mask offset by the tokens already cached. A fused kernel
 may take over the decodes (`AttentionMetadata.decode_kernel`: today the C++ CPU one in
-backend/kernels/, built by backend/cpu_kernels.py); tests check it against this path.
+backend/kernels/, built by backend/kernels/loader.py); tests check it against this path.
 
 KV cache per layer: k_cache, v_cache [num_blocks, block_size, Hkv, D]; token position p
 of a sequence lives at slot block_table[p // block_size] * block_size + p % block_size.

@@ -12,12 +12,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backend import int8_decode
-from backend.cpu_kernels import SkinnyLinear
+
+# (out [M, N], x [M, K], w [N, K]) -> None; float32, contiguous (kernels/skinny_linear.cpp)
+SkinnyLinear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 # Rows up to which the kernel beats MKL on the layers' matrices (576 to 3072 wide); the
 # LM head (49152 x 576) stays ahead up to ~64 rows, so compute_logits passes a larger bound.

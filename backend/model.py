@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.attention import AttentionMetadata, paged_attention
-from backend.cpu_kernels import SkinnyLinear
 from backend.int8_decode import attach_int8
-from backend.linear import attach_skinny, project
-from backend.model_config import ModelConfig
+from backend.linear import SkinnyLinear, attach_skinny, project
+from backend.loading.model_config import ModelConfig
 from backend.rope import apply_rotary, cos_sin_cache, inverse_frequencies
 
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from backend.sampler import SamplingParams
+from backend.sampling_params import SamplingParams
 from backend.sequence import Sequence
 from backend.speculative import AcceptanceTracker, NgramIndex
-from backend.stop_strings import StopStringMatcher
 from backend.tokenizer import IncrementalDetokenizer
+from backend.tokenizer.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
     from backend.engine import Engine

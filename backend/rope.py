@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from backend.model_config import RopeScaling
+from backend.loading.model_config import RopeScaling
 
 
 def inverse_frequencies(

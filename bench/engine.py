@@ -33,9 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine, EngineConfig
-from backend.model_store import default_model_path
-from backend.sampler import SamplingParams
-from backend.weights import load_model
+from backend.environment import read_environment
+from backend.loading.model_store import default_model_path
+from backend.loading.weights import load_model
+from backend.sampling_params import SamplingParams
 from bench.decode import (
     DTYPES,
     hf_measure,
@@ -227,14 +228,17 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    path = args.model or default_model_path()
+    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
+    path = args.model or default_model_path(home=env.home)
     dtype = DTYPES[args.dtype]
     loaded = load_model(path, dtype, "cpu")
-    config = EngineConfig(
-        block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        kv_cache_gb=args.kv_cache_gb,
+    config = env.apply(
+        EngineConfig(
+            block_size=args.block_size,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            kv_cache_gb=args.kv_cache_gb,
+        )
     )
     engine = Engine(loaded, config)
     hf = load_hf(path, dtype)

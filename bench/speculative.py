@@ -32,10 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine, EngineConfig
-from backend.model_store import default_model_path
-from backend.sampler import SamplingParams
+from backend.environment import read_environment
+from backend.loading.model_store import default_model_path
+from backend.loading.weights import LoadedModel, load_model
+from backend.sampling_params import SamplingParams
 from backend.speculative import SpeculativeConfig
-from backend.weights import LoadedModel, load_model
 from bench.decode import load_hf
 
 PASSAGE = (
@@ -140,12 +141,13 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    path = args.model or default_model_path()
+    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
+    path = args.model or default_model_path(home=env.home)
     loaded = load_model(path, torch.float32, "cpu")
-    engines = {"off": Engine(loaded, EngineConfig())}
+    engines = {"off": Engine(loaded, env.apply(EngineConfig()))}
     for method in filter(None, args.methods.split(",")):
         spec = SpeculativeConfig(method=method, max_draft_tokens=args.k)
-        engines[method] = Engine(loaded, EngineConfig(speculative=spec))
+        engines[method] = Engine(loaded, env.apply(EngineConfig(speculative=spec)))
     hf_model = None if args.no_hf else load_hf(path, torch.float32)
     prompts = {name: chat_ids(loaded, text) for name, text in WORKLOADS.items()}
     chosen = {w: prompts[w] for w in filter(None, args.workloads.split(","))}

@@ -167,7 +167,7 @@ def _engine_config(section: EngineSection, model_path: Path) -> EngineConfig:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from backend.model_store import ModelFetchError, default_model_path, pull
+    from backend.loading.model_store import ModelFetchError, default_model_path, pull
 
     if args.models_command == "path":
         print(default_model_path())
@@ -302,7 +302,7 @@ def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any,
     """Loads the bundled engine: settings from the config's [engine] section when it has
     one, else from the command-line flags. None (after printing why) when it cannot."""
     from backend.engine import Engine
-    from backend.model_store import DEFAULT_MODEL, ModelFetchError, pull
+    from backend.loading.model_store import DEFAULT_MODEL, ModelFetchError, pull
     from gateway.upstreams.engine import EngineUpstream
 
     section = config.engine or _engine_section(args)

@@ -12,7 +12,7 @@ from gateway.testing.redis_server import RedisProcess
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 GGUF (pulled by `make install`)."""
-    from backend.model_store import default_model_path
+    from backend.loading.model_store import default_model_path
 
     path = Path(os.environ.get("LLM_GATEWAY_TEST_MODEL") or default_model_path())
     if not path.exists():

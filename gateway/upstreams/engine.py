@@ -20,7 +20,7 @@ import msgspec
 
 from backend.engine import Engine, RequestRejected
 from backend.request import Delta, RequestStream
-from backend.sampler import SamplingParams
+from backend.sampling_params import SamplingParams
 from gateway.call import CHAT, COMPLETIONS, Call, Reply
 from gateway.errors import InvalidRequest, invalid_body
 from gateway.payload import Chunk, DecodeErrors, Payload, decoder

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.sampler import SamplingParams
+from backend.sampling_params import SamplingParams
 from gateway.errors import InvalidRequest
 from gateway.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 

@@ -13,8 +13,8 @@ from torch import nn
 from backend.engine import Engine, EngineConfig
 from backend.int8_decode import MAX_ROWS, attach_int8, quantize_rows
 from backend.linear import project
-from backend.sampler import SamplingParams
-from backend.weights import load_model
+from backend.loading.weights import load_model
+from backend.sampling_params import SamplingParams
 
 
 def test_rows_quantize_within_half_a_step() -> None:

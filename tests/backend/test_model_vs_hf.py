@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from backend.engine import Engine
-from backend.sampler import SamplingParams
-from backend.weights import LoadedModel, load_model
+from backend.loading.weights import LoadedModel, load_model
+from backend.sampling_params import SamplingParams
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],

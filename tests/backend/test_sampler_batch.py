@@ -12,12 +12,12 @@ import torch
 from backend.sampler import (
     SampleRequest,
     SampleResult,
-    SamplingParams,
     _apply_bias_and_penalties,
     _truncation_floor,
     sample,
     sample_batch,
 )
+from backend.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
 
@@ -346,97 +346,3 @@ def test_truncation_floor_matches_a_full_sort() -> None:
         keep = int((before < config["top_p"] * mass).sum())
         assert got == pytest.approx(float(ordered[keep - 1]), rel=1e-6)
         assert 1 <= keep < top_k
-
-
-# ---- validation ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"min_p": -0.1}, "min_p"),
-        ({"min_p": 1.01}, "min_p"),
-        ({"min_p": float("nan")}, "min_p"),
-        ({"presence_penalty": 2.1}, "presence_penalty"),
-        ({"presence_penalty": -2.1}, "presence_penalty"),
-        ({"presence_penalty": float("nan")}, "presence_penalty"),
-        ({"frequency_penalty": 2.5}, "frequency_penalty"),
-        ({"frequency_penalty": -3.0}, "frequency_penalty"),
-        ({"frequency_penalty": float("nan")}, "frequency_penalty"),
-        ({"repetition_penalty": 0.0}, "repetition_penalty"),
-        ({"repetition_penalty": -1.0}, "repetition_penalty"),
-        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
-        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
-        ({"logprobs": -1}, "logprobs"),
-        ({"logprobs": 21}, "logprobs"),
-        ({"logprobs": True}, "logprobs"),
-        ({"logprobs": 2.0}, "logprobs"),
-        ({"logit_bias": {-1: 1.0}}, "logit_bias"),
-        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
-        ({"logit_bias": {5: float("nan")}}, "logit_bias"),
-        ({"logit_bias": {5: "high"}}, "logit_bias"),
-        ({"logit_bias": [(5, 1.0)]}, "logit_bias"),
-        ({"n": 0}, "n must"),
-        ({"n": -2}, "n must"),
-        ({"n": 1.5}, "n must"),
-    ],
-)
-def test_invalid_new_params_raise_value_error(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        SamplingParams(**kwargs)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"min_p": 0.0},
-        {"min_p": 1.0},
-        {"presence_penalty": -2.0, "frequency_penalty": 2.0},
-        {"presence_penalty": 2.0, "frequency_penalty": -2.0},
-        {"repetition_penalty": 0.01},
-        {"repetition_penalty": 10.0},
-        {"logprobs": None},
-        {"logprobs": 0},
-        {"logprobs": 20},
-        {"logit_bias": {}},
-        {"logit_bias": {0: -100, 7: 100.0}},
-        {"n": 1},
-        {"n": 16},
-    ],
-)
-def test_new_boundary_values_are_accepted(kwargs: dict[str, Any]) -> None:
-    SamplingParams(**kwargs)
-
-
-def test_defaults_change_nothing() -> None:
-    params = SamplingParams()
-    assert (params.min_p, params.presence_penalty, params.frequency_penalty) == (0.0, 0.0, 0.0)
-    assert (params.repetition_penalty, params.logprobs, params.logit_bias, params.n) == (
-        1.0,
-        None,
-        None,
-        1,
-    )
-    assert not params.adjusts_logits
-    assert not params.needs_history
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "history", "adjusts"),
-    [
-        ({"repetition_penalty": 1.1}, True, True),
-        ({"presence_penalty": -0.5}, True, True),
-        ({"frequency_penalty": 0.5}, True, True),
-        ({"logit_bias": {1: 2.0}}, False, True),
-        ({"logit_bias": {}}, False, False),
-    ],
-)
-def test_history_and_adjustment_flags(kwargs: dict[str, Any], history: bool, adjusts: bool) -> None:
-    params = SamplingParams(**kwargs)
-    assert params.needs_history is history
-    assert params.adjusts_logits is adjusts
-
-
-def test_logit_bias_values_are_clamped() -> None:
-    params = SamplingParams(logit_bias={1: 1e6, 2: -500, 3: 0.5, 4: float("inf")})
-    assert params.logit_bias == {1: 100.0, 2: -100.0, 3: 0.5, 4: 100.0}
