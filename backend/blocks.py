@@ -44,14 +44,12 @@ class _SeqState:
 
 
 class BlockManager:
-    def __init__(
-        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True
-    ) -> None:
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.enable_prefix_caching = enable_prefix_caching
+        self.prefix_caching = prefix_caching
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self._blocks = [_Block() for _ in range(num_blocks)]
@@ -81,7 +79,7 @@ class BlockManager:
         """Cached blocks reusable for seq's prompt, and the chain state after them. Pure."""
         hits: list[int] = []
         h, parent = _ROOT, _ROOT
-        if not self.enable_prefix_caching:
+        if not self.prefix_caching:
             return hits, h, parent
         # The last token is always recomputed: the model must produce its logits.
         for i in range((seq.num_tokens - 1) // self.block_size):
@@ -125,7 +123,7 @@ class BlockManager:
         fresh = [self._take_block() for _ in range(self._blocks_for(seq.num_tokens) - len(hits))]
         seq.block_table = hits + fresh
         seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size
-        if self.enable_prefix_caching:
+        if self.prefix_caching:
             self.prefix_cache_queries += seq.num_tokens
             self.prefix_cache_hits += seq.num_cached_tokens
         self._seqs[seq.seq_id] = _SeqState(seq, len(hits), h, parent)
@@ -196,7 +194,7 @@ class BlockManager:
     def mark_computed(self, seq: Sequence) -> None:
         """Register seq's blocks that became full and computed since the last call."""
         state = self._seqs.get(seq.seq_id)
-        if not self.enable_prefix_caching or state is None:
+        if not self.prefix_caching or state is None:
             return
         num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
         num_full = min(num_full, len(seq.block_table))
@@ -256,5 +254,5 @@ class BlockManager:
                 assert len(block.token_ids) == self.block_size and block.serial != _ROOT
         for h, bid in self._hash_to_block.items():
             assert self._blocks[bid].hash == h
-        if not self.enable_prefix_caching:
+        if not self.prefix_caching:
             assert not self._hash_to_block

@@ -1,66 +1,27 @@
-"""The process environment: the one module of backend/ that reads (or sets) it.
+"""Where the engine's files go, and the environment of the kernel build: the one module
+of backend/ that touches the process environment.
 
-Everything else takes its settings as parameters (EngineConfig fields, function
-arguments), so the engine does the same whoever starts it. Callers that want the
-environment's say ask for it here:
+The engine reads no settings from the environment: it takes them as parameters
+(EngineConfig: kernels, compiler, home; `home` of loading.model_store), and whoever
+starts it decides where they come from (the gateway reads LLM_GATEWAY_CPU_KERNELS, CXX
+and LLM_GATEWAY_HOME in gateway/config/environment.py).
 
-    LLM_GATEWAY_CPU_KERNELS=0   EngineConfig.kernels = "torch" (no C++ kernels)
-    CXX                         EngineConfig.compiler: the C++ compiler for the kernels
-    LLM_GATEWAY_HOME            EngineConfig.home, and `home` of loading.model_store:
-                                pulled models in HOME/models, built kernels in HOME/kernels
-
-`read_environment()` returns them; its `apply(config)` fills them into an EngineConfig
-where the config has its defaults. `home_dir()` is where files go when no home is
-given: the user cache folder (~/.cache/llm-gateway). `compiler_environment()` is for
-torch's extension builder, which takes its compiler only from CXX and finds ninja only
-on PATH: the kernel build sets both here, for the duration of the build.
+`home_dir()` is where files go when no home is given: the user cache folder
+(~/.cache/llm-gateway). `compiler_environment()` is for torch's extension builder,
+which takes its compiler only from CXX and finds ninja only on PATH: the kernel build
+sets both here, for the duration of the build, and puts them back after.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from platformdirs import user_cache_dir
 
-if TYPE_CHECKING:
-    from backend.engine.config import EngineConfig
-
-CPU_KERNELS_VARIABLE = "LLM_GATEWAY_CPU_KERNELS"
 COMPILER_VARIABLE = "CXX"
-HOME_VARIABLE = "LLM_GATEWAY_HOME"
-
-
-@dataclass(frozen=True, slots=True)
-class BackendEnvironment:
-    cpu_kernels: bool = True  # False: LLM_GATEWAY_CPU_KERNELS=0
-    compiler: str | None = None  # CXX
-    home: Path | None = None  # LLM_GATEWAY_HOME
-
-    def apply(self, config: EngineConfig) -> EngineConfig:
-        """`config` with what the environment says, where the config has its defaults."""
-        return dataclasses.replace(
-            config,
-            kernels=config.kernels if self.cpu_kernels else "torch",
-            compiler=config.compiler or self.compiler,
-            home=config.home or self.home,
-        )
-
-
-def read_environment(environ: Mapping[str, str] | None = None) -> BackendEnvironment:
-    """What the environment (default: this process's) says about the engine."""
-    env = os.environ if environ is None else environ
-    home = env.get(HOME_VARIABLE)
-    return BackendEnvironment(
-        cpu_kernels=env.get(CPU_KERNELS_VARIABLE, "1") != "0",
-        compiler=env.get(COMPILER_VARIABLE) or None,
-        home=Path(home).expanduser() if home else None,
-    )
 
 
 def home_dir(home: Path | None = None) -> Path:

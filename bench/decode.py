@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine, EngineConfig
-from backend.environment import read_environment
 from backend.loading.model_store import default_model_path
 from backend.loading.weights import load_model
 from backend.sampling_params import SamplingParams
+from gateway.config import engine_environment
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -118,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    path = args.model or default_model_path(home=read_environment().home)
+    path = args.model or default_model_path(home=engine_environment().home)
     results: dict[str, Any] = {
         "workload": {
             "model": str(path.name),
@@ -149,8 +149,8 @@ def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[
     dtype = DTYPES[dtype_name]
     loaded = load_model(path, dtype, "cpu")
     # Every round repeats the same prompts: without this, prefill would be a cache hit.
-    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
-    no_cache = env.apply(EngineConfig(enable_prefix_caching=False))
+    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
+    no_cache = env.apply(EngineConfig(prefix_caching=False))
     engine = Engine(loaded, no_cache)
     hf = load_hf(path, dtype)
     decode_ids = make_prompt_ids(loaded.tokenizer, args.prompt_tokens, seed=1)
@@ -162,7 +162,7 @@ def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[
     engines = [engine]
     if args.int8_decode and dtype == torch.float32:
         # A second copy of the model: int8 weight copies are attached to it in place.
-        int8_config = env.apply(EngineConfig(enable_prefix_caching=False, int8_decode=True))
+        int8_config = env.apply(EngineConfig(prefix_caching=False, int8_decode=True))
         int8_engine = Engine(load_model(path, dtype, "cpu"), int8_config)
         engines.append(int8_engine)
         systems["llm-gateway int8-decode"] = lambda ids, n: ours_measure(int8_engine, ids, n)

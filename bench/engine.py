@@ -33,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine, EngineConfig
-from backend.environment import read_environment
 from backend.loading.model_store import default_model_path
 from backend.loading.weights import load_model
 from backend.sampling_params import SamplingParams
@@ -46,6 +45,7 @@ from bench.decode import (
     ours_measure,
     summary,
 )
+from gateway.config import engine_environment
 
 PAD = 0  # transformers' padding id (masked out by attention_mask), as in bench/decode.py
 Req = tuple[list[int], int]  # (prompt ids, requested output tokens)
@@ -228,7 +228,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
+    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
     path = args.model or default_model_path(home=env.home)
     dtype = DTYPES[args.dtype]
     loaded = load_model(path, dtype, "cpu")

@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine, EngineConfig
-from backend.environment import read_environment
 from backend.loading.model_store import default_model_path
 from backend.loading.weights import LoadedModel, load_model
 from backend.sampling_params import SamplingParams
 from backend.speculative import SpeculativeConfig
 from bench.decode import load_hf
+from gateway.config import engine_environment
 
 PASSAGE = (
     "The old lighthouse stood at the end of the harbour wall. Every evening at six the "
@@ -141,12 +141,12 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
+    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
     path = args.model or default_model_path(home=env.home)
     loaded = load_model(path, torch.float32, "cpu")
     engines = {"off": Engine(loaded, env.apply(EngineConfig()))}
     for method in filter(None, args.methods.split(",")):
-        spec = SpeculativeConfig(method=method, max_draft_tokens=args.k)
+        spec = SpeculativeConfig(method=method, num_speculative_tokens=args.k)
         engines[method] = Engine(loaded, env.apply(EngineConfig(speculative=spec)))
     hf_model = None if args.no_hf else load_hf(path, torch.float32)
     prompts = {name: chat_ids(loaded, text) for name, text in WORKLOADS.items()}

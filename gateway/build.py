@@ -5,7 +5,6 @@ shared where name and settings agree)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,13 +55,12 @@ def build_gateway(
     """engine: the in-process engine upstream when one runs, serving `engine_model`.
     With no models configured, that model is served through an engine group of its own.
     plugins: name -> class (default: entry-point discovery)."""
-    env = os.environ if environ is None else environ
     groups_cfg = list(config.groups)
     models_cfg = list(config.models)
     if engine is not None and not any(g.kind == "engine" for g in groups_cfg):
         groups_cfg.append(GroupConfig(name=ENGINE_GROUP, kind="engine"))
     expose = HeaderRules(config.headers.expose)
-    groups = {g.name: _group(g, i, engine, env, expose) for i, g in enumerate(groups_cfg)}
+    groups = {g.name: _group(g, i, engine, environ, expose) for i, g in enumerate(groups_cfg)}
     if not models_cfg and engine is not None and engine_model is not None:
         engine_groups = [g.name for g in groups_cfg if g.kind == "engine"]
         models_cfg = [ModelRoute(name=engine_model, groups=engine_groups)]
@@ -75,7 +73,7 @@ def build_gateway(
     metrics = observer if isinstance(observer, GatewayMetrics) else None
     gw = Gateway(
         targets,
-        auth=Authenticator(config.api_keys(env)),
+        auth=Authenticator(config.api_keys(environ)),
         tracer=tracer,
         capture_content=config.telemetry.capture_content,
         store=build_store(config.store, metrics),
@@ -99,7 +97,7 @@ def _group(
     cfg: GroupConfig,
     index: int,
     engine: Upstream | None,
-    env: Mapping[str, str],
+    env: Mapping[str, str] | None,
     expose: HeaderRules,
 ) -> Group:
     if cfg.kind == "engine":
@@ -110,13 +108,7 @@ def _group(
             id=name, group=cfg.name, upstream=engine, gate=engine_gate(name, engine, cfg)
         )
         return Group(cfg.name, [backend])
-    api_key = cfg.api_key
-    if api_key is None and cfg.api_key_env is not None:
-        api_key = env.get(cfg.api_key_env)
-        if not api_key:
-            raise ConfigError(
-                f"groups[{index}].api_key_env: the variable {cfg.api_key_env} is not set"
-            )
+    api_key = cfg.bearer(index, env)
     backends = []
     for b in cfg.backends:
         name = b.name or b.url

@@ -23,7 +23,7 @@ class EngineConfig:
     kv_cache_gb: float | None = None  # default: 2 on CPU, 90% of free memory on CUDA
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
-    enable_prefix_caching: bool = True
+    prefix_caching: bool = True
     int8_decode: bool = False  # int8 weight copies for small steps (CPU; see int8_decode.py)
     # "auto": our C++ kernels where they build (CPU: backend/kernels/: decode attention and
     # the few-row matmul), else pure PyTorch; "torch": pure PyTorch throughout.

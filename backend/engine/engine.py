@@ -67,7 +67,7 @@ class Engine:
         num_blocks = config.num_kv_blocks or self._blocks_that_fit(config)
         # A sequence must fit in the cache on its own, or it could never be scheduled.
         self.max_model_len = min(config.max_model_len or ctx, ctx, num_blocks * config.block_size)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
@@ -90,7 +90,7 @@ class Engine:
             self.speculation = Speculation(
                 config.speculative, self.runner, self.scheduler, self.metrics, self.max_model_len
             )
-            if config.speculative.adaptive:
+            if config.speculative.adaptive_speculation:
                 self.speculation.calibrate()
         self._seq_ids = itertools.count()
         self._requests: dict[int, Request] = {}  # seq_id -> request (engine thread only)

@@ -56,7 +56,9 @@ class Speculation:
 
     def wants(self, params: SamplingParams) -> bool:
         """Whether a request speculates: as it asks, else the server's default."""
-        return self.config.default_on if params.speculative is None else params.speculative
+        if params.speculative is None:
+            return not self.config.speculative_opt_in
+        return params.speculative
 
     def new_state(self) -> SpecState:
         ngram = None
@@ -142,7 +144,7 @@ class Speculation:
                 continue
             # Guesses past max_tokens or the context window could never be used.
             room = min(
-                self.config.max_draft_tokens,
+                self.config.num_speculative_tokens,
                 req.max_tokens - seq.num_output_tokens - 1,
                 self.max_model_len - seq.num_tokens,
             )
@@ -151,7 +153,7 @@ class Speculation:
         return out
 
     def _plan(self, candidates: list[Candidate]) -> Plan:
-        if not self.config.adaptive:
+        if not self.config.adaptive_speculation:
             return Plan([c.max_draft for c in candidates], "fixed")
         sched = self.scheduler
         base_tokens = min(

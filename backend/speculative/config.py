@@ -1,4 +1,6 @@
-"""How the engine speculates: which proposer, how many guesses, the acceptance prior."""
+"""How the engine speculates: which proposer, how many guesses, the acceptance prior.
+The names are the config file's and the command line's ([engine] num_speculative_tokens,
+--num-speculative-tokens); `method` is what they call `speculative`."""
 
 from __future__ import annotations
 
@@ -10,21 +12,22 @@ PROPOSERS = ("ngram", "self-draft")
 @dataclass(frozen=True, slots=True)
 class SpeculativeConfig:
     method: str = "ngram"  # one of PROPOSERS
-    max_draft_tokens: int = 8  # k at most, per sequence and step
-    default_on: bool = True  # requests that do not say get speculation when this is on
+    num_speculative_tokens: int = 8  # k at most, per sequence and step
+    # True: only requests that send "speculative": true; False: all but those sending false.
+    speculative_opt_in: bool = False
     ngram_max: int = 4  # prompt lookup: longest suffix n-gram tried first...
     ngram_min: int = 2  # ...down to this length
     self_draft_layers: int = 8  # self-draft: the target's first layers + its norm and head
     prior_acceptance: float = 0.6  # acceptance assumed before a sequence has any history
     # False: every proposal is fed whole (fixed k), whatever it costs; for experiments
     # and for tests that must not depend on this machine's timings.
-    adaptive: bool = True
+    adaptive_speculation: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in PROPOSERS:
             raise ValueError(f"speculative method must be one of {PROPOSERS}, got {self.method!r}")
-        if not 1 <= self.max_draft_tokens <= 32:
-            raise ValueError("max_draft_tokens must be in [1, 32]")
+        if not 1 <= self.num_speculative_tokens <= 32:
+            raise ValueError("num_speculative_tokens must be in [1, 32]")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
         if self.self_draft_layers < 1:

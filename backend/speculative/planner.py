@@ -25,7 +25,7 @@ class Candidate:
     """A sequence that could speculate this step."""
 
     acceptance: float  # its tracker's rate
-    max_draft: int  # guesses available (proposal length, room left, max_draft_tokens)
+    max_draft: int  # guesses available (proposal length, room left, num_speculative_tokens)
     context: int = 0  # tokens so far: its i-th guess's row attends to context + i
 
 

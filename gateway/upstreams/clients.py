@@ -13,12 +13,12 @@ httpx.Response; the clients other than `lean` get an httpx.Request built for the
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import httpx
 
+from gateway.config.environment import upstream_proxy
 from gateway.upstreams.transport import LeanTransport
 
 CLIENTS = ("auto", "lean", "httpx", "aiohttp")
@@ -60,17 +60,8 @@ class ViaHttpx:
         await self.transport.aclose()
 
 
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url`, unless NO_PROXY exempts its host."""
-    parsed = httpx.URL(url)
-    if urllib.request.proxy_bypass(parsed.host):
-        return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(parsed.scheme) or proxies.get("all")
-
-
 def make_client(kind: str, base_url: str, max_connections: int) -> Client:
-    proxy = proxy_for(base_url)
+    proxy = upstream_proxy(base_url)
     if kind == "auto":
         kind = "httpx" if proxy else "lean"
     if kind == "lean":

@@ -285,7 +285,7 @@ def test_mark_computed_partial_idempotent_and_duplicates() -> None:
 
 
 def test_prefix_caching_disabled() -> None:
-    bm = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=False)
+    bm = BlockManager(num_blocks=10, block_size=4, prefix_caching=False)
     a = make_seq(list(range(10)))
     run_prefill(bm, a)
     assert not bm._hash_to_block
@@ -339,7 +339,7 @@ def test_randomized_simulation(
         monkeypatch.setattr(blocks, "_block_hash", hash_fn)
     rng = random.Random(1234)
     bs, num_blocks = 4, 40
-    bm = BlockManager(num_blocks, bs, enable_prefix_caching=caching)
+    bm = BlockManager(num_blocks, bs, prefix_caching=caching)
     bases = [[rng.randrange(3) for _ in range(rng.randrange(4, 24))] for _ in range(4)]
     # Shadow KV: what each slot was computed from (the token prefix ending there).
     kv: dict[int, list[tuple[int, ...] | None]] = {b: [None] * bs for b in range(num_blocks)}

@@ -124,26 +124,3 @@ def test_a_key_from_an_unset_variable_is_an_error(tmp_path: Path) -> None:
 def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "absent.toml", {})
-
-
-def test_engine_section_and_flags_build_the_same_engine_config(tmp_path: Path) -> None:
-    """`[engine]` and the command-line flags go through one path (gateway/cli.py)."""
-    import argparse
-
-    from gateway.cli import _engine_config, _engine_section
-
-    config = load_config(
-        _write(tmp_path, '[engine]\nspeculative = "ngram"\nspeculative_opt_in = true\n'), {}
-    )
-    assert config.engine is not None
-    from_file = _engine_config(config.engine, tmp_path / "model.gguf")
-    args = argparse.Namespace(
-        model=None, served_model_name=None, dtype="auto", device="auto", max_model_len=None,
-        kv_cache_gb=None, max_num_seqs=64, max_num_batched_tokens=1024, block_size=16,
-        no_prefix_caching=False, int8_decode=False, kernels="auto", speculative="ngram",
-        num_speculative_tokens=8, speculative_opt_in=True, no_adaptive_speculation=False,
-        self_draft_layers=8,
-    )  # fmt: skip
-    from_flags = _engine_config(_engine_section(args), tmp_path / "model.gguf")
-    assert from_file == from_flags
-    assert from_file.speculative is not None and not from_file.speculative.default_on

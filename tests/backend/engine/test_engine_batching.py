@@ -126,7 +126,7 @@ def test_preemption_under_a_tiny_kv_pool_keeps_outputs_correct(
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     expected = run_one_at_a_time(engine, prompts, params)
     # 12 blocks of 16 tokens: two of these requests fit at once, four never do.
-    tiny = _engine(loaded, num_kv_blocks=12, block_size=16, enable_prefix_caching=False)
+    tiny = _engine(loaded, num_kv_blocks=12, block_size=16, prefix_caching=False)
     try:
         assert run_together(tiny, prompts, [params] * 4) == expected
         assert tiny.scheduler.num_preemptions > 0

@@ -46,7 +46,7 @@ def plain(loaded: LoadedModel) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def spec(loaded: LoadedModel) -> Iterator[Engine]:
     # Fixed k: what is proposed is fed, so these tests do not depend on timings.
-    config = SpeculativeConfig(method="ngram", max_draft_tokens=6, adaptive=False)
+    config = SpeculativeConfig(method="ngram", num_speculative_tokens=6, adaptive_speculation=False)
     eng = Engine(loaded, EngineConfig(max_num_batched_tokens=256, speculative=config))
     yield eng
     eng.shutdown()
@@ -138,8 +138,8 @@ def test_speculation_refused_when_the_server_has_none(plain: Engine, loaded: Loa
 
 
 def test_self_draft_keeps_greedy_output_identical(plain: Engine, loaded: LoadedModel) -> None:
-    config = SpeculativeConfig(method="self-draft", self_draft_layers=6, max_draft_tokens=3,
-                               adaptive=False)  # fmt: skip
+    config = SpeculativeConfig(method="self-draft", self_draft_layers=6, num_speculative_tokens=3,
+                               adaptive_speculation=False)  # fmt: skip
     eng = Engine(loaded, EngineConfig(max_num_batched_tokens=256, speculative=config))
     try:
         prompts = [chat_ids(loaded, p) for p in PROMPTS[:2]]

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from backend.attention import AttentionMetadata, DecodeKernel, paged_attention
-from backend.environment import read_environment
 from backend.kernels import paged_decode_kernel
+from gateway.config import engine_environment
 
 BLOCK = 16
 
 
 @pytest.fixture(scope="module")
 def kernel() -> DecodeKernel:
-    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS, CXX, LLM_GATEWAY_HOME
+    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS, CXX, LLM_GATEWAY_HOME
     if not env.cpu_kernels:
         pytest.skip("CPU kernels turned off by LLM_GATEWAY_CPU_KERNELS=0")
     op = paged_decode_kernel(env.compiler, env.home)

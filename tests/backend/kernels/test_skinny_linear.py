@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.environment import read_environment
 from backend.kernels import skinny_linear_kernel
 from backend.linear import SKINNY_MAX_ROWS, SkinnyLinear, attach_skinny, project
+from gateway.config import engine_environment
 
 
 @pytest.fixture(scope="module")
 def kernel() -> SkinnyLinear:
-    env = read_environment()  # LLM_GATEWAY_CPU_KERNELS, CXX, LLM_GATEWAY_HOME
+    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS, CXX, LLM_GATEWAY_HOME
     if not env.cpu_kernels:
         pytest.skip("CPU kernels turned off by LLM_GATEWAY_CPU_KERNELS=0")
     op = skinny_linear_kernel(env.compiler, env.home)

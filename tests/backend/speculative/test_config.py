@@ -10,5 +10,5 @@ from backend.speculative import SpeculativeConfig
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="method"):
         SpeculativeConfig(method="eagle")
-    with pytest.raises(ValueError, match="max_draft_tokens"):
-        SpeculativeConfig(max_draft_tokens=0)
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        SpeculativeConfig(num_speculative_tokens=0)
