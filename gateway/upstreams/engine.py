@@ -12,18 +12,17 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
 from backend.engine import Engine, RequestRejected
-from backend.request import Delta, RequestStream
+from backend.request import RequestStream
 from backend.sampling_params import SamplingParams
 from gateway.call import CHAT, COMPLETIONS, Call, Reply
 from gateway.errors import InvalidRequest, invalid_body
-from gateway.payload import Chunk, DecodeErrors, Payload, decoder
+from gateway.payload import DecodeErrors, Payload, decoder
 from gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -37,8 +36,6 @@ from gateway.schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
-    CompletionTokensDetails,
-    PromptTokensDetails,
     Usage,
 )
 from gateway.upstreams.engine_params import (
@@ -48,38 +45,8 @@ from gateway.upstreams.engine_params import (
     prompt_list,
     sampling_params,
 )
-from gateway.upstreams.logprobs import LogprobFormatter, TopList
-
-
-@dataclass(slots=True)
-class _Choice:
-    text: str = ""
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[TopList] = field(default_factory=list)
-    accepted_draft_tokens: int = 0
-    rejected_draft_tokens: int = 0
-    cached_tokens: int | None = None  # of the prompt, from the prefix cache (first delta's)
-
-    def count(self, delta: Delta) -> None:
-        """Takes the delta's running totals (tokens and guesses so far), not its content."""
-        if self.cached_tokens is None:
-            self.cached_tokens = delta.cached_tokens
-        self.completion_tokens = delta.completion_tokens
-        self.accepted_draft_tokens = delta.accepted_draft_tokens
-        self.rejected_draft_tokens = delta.rejected_draft_tokens
-
-    def add(self, delta: Delta) -> None:
-        self.text += delta.text
-        self.count(delta)
-        self.finish_reason = delta.finish_reason
-        if delta.logprobs is not None and delta.top_logprobs is not None:
-            self.token_ids += delta.token_ids
-            self.logprobs += delta.logprobs
-            self.top_logprobs += delta.top_logprobs
-
+from gateway.upstreams.engine_streams import Choice, chunks, collect, merge, usage_of
+from gateway.upstreams.logprobs import LogprobFormatter
 
 # Prompts longer than this (characters) are rendered and tokenized on a worker thread:
 # a long prompt takes the tokenizer milliseconds to seconds, during which the event
@@ -124,7 +91,7 @@ class EngineUpstream:
         result: Any = await (self.chat(request) if chat else self.complete(request))
         if isinstance(result, msgspec.Struct):
             return Reply(body=Payload.from_struct(result))
-        return Reply(stream=_chunks(result))
+        return Reply(stream=chunks(result))
 
     # ---- chat ------------------------------------------------------------------------------
 
@@ -143,7 +110,7 @@ class EngineUpstream:
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._chat_chunks(streams, rid, created, usage)
-        choices, prompt_tokens = await _collect(streams, n)
+        choices, prompt_tokens = await collect(streams, n)
         return ChatCompletion(
             id=rid,
             created=created,
@@ -157,11 +124,11 @@ class EngineUpstream:
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(prompt_tokens, choices),
+            usage=usage_of(prompt_tokens, choices),
             system_fingerprint=self.fingerprint,
         )
 
-    def _chat_logprobs(self, c: _Choice) -> ChoiceLogprobs:
+    def _chat_logprobs(self, c: Choice) -> ChoiceLogprobs:
         return ChoiceLogprobs(content=self.logprobs.chat(c.token_ids, c.logprobs, c.top_logprobs))
 
     async def _chat_chunks(
@@ -177,9 +144,9 @@ class EngineUpstream:
 
         for i in range(len(streams)):
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
-        totals = [_Choice() for _ in streams]
+        totals = [Choice() for _ in streams]
         prompt_tokens = 0  # n choices of one prompt: counted once
-        async with contextlib.aclosing(_merge(streams)) as merged:  # aborts on early exit
+        async with contextlib.aclosing(merge(streams)) as merged:  # aborts on early exit
             async for i, delta in merged:
                 prompt_tokens = delta.prompt_tokens
                 totals[i].count(delta)
@@ -198,7 +165,7 @@ class EngineUpstream:
                     )
                     yield chunk([end])
         if include_usage:
-            yield chunk([], _usage(prompt_tokens, totals))
+            yield chunk([], usage_of(prompt_tokens, totals))
 
     async def _off_loop_if_large(self, size: int, fn: Callable[[T], R], arg: T) -> R:
         if size > OFF_LOOP_CHARS:
@@ -239,7 +206,7 @@ class EngineUpstream:
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._completion_chunks(streams, rid, created, usage, echoes, n)
-        choices, prompt_tokens = await _collect(streams, n)
+        choices, prompt_tokens = await collect(streams, n)
         return Completion(
             id=rid,
             created=created,
@@ -257,7 +224,7 @@ class EngineUpstream:
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(prompt_tokens, choices, len(prompts)),
+            usage=usage_of(prompt_tokens, choices, len(prompts)),
             system_fingerprint=self.fingerprint,
         )
 
@@ -280,9 +247,9 @@ class EngineUpstream:
         for i in range(len(streams)):
             if echoes[i // n]:
                 yield chunk([CompletionChoice(index=i, text=echoes[i // n], finish_reason=None)])
-        totals = [_Choice() for _ in streams]
+        totals = [Choice() for _ in streams]
         prompt_tokens: dict[int, int] = {}
-        async with contextlib.aclosing(_merge(streams)) as merged:  # aborts on early exit
+        async with contextlib.aclosing(merge(streams)) as merged:  # aborts on early exit
             async for i, delta in merged:
                 prompt_tokens[i // n] = delta.prompt_tokens
                 totals[i].count(delta)
@@ -304,7 +271,7 @@ class EngineUpstream:
                         ]
                     )
         if include_usage:
-            yield chunk([], _usage(sum(prompt_tokens.values()), totals, len(echoes)))
+            yield chunk([], usage_of(sum(prompt_tokens.values()), totals, len(echoes)))
 
     # ---- shared ----------------------------------------------------------------------------
 
@@ -337,85 +304,9 @@ class EngineUpstream:
         return streams
 
 
-async def _chunks(structs: AsyncIterator[msgspec.Struct]) -> AsyncIterator[Chunk]:
-    try:
-        async for struct in structs:
-            yield Chunk.from_struct(struct)
-    finally:
-        aclose = getattr(structs, "aclose", None)
-        if aclose is not None:
-            await aclose()  # the client left: the engine requests are aborted
-
-
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
     wrapped = (seed + 2**63) % 2**64 - 2**63  # stay a signed 64-bit value past the top
     return dataclasses.replace(params, seed=wrapped)
-
-
-async def _merge(streams: list[RequestStream]) -> AsyncGenerator[tuple[int, Delta]]:
-    """Deltas of several requests as they come, tagged with the request's index.
-
-    Leaving early (the client went away) aborts every request still running.
-    """
-    queue: asyncio.Queue[tuple[int, Delta | BaseException]] = asyncio.Queue()
-
-    async def pump(i: int, stream: RequestStream) -> None:
-        try:
-            async for delta in stream:
-                await queue.put((i, delta))
-        except Exception as exc:
-            await queue.put((i, exc))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        pending = len(streams)
-        while pending:
-            i, item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item.finish_reason is not None:
-                pending -= 1
-            yield i, item
-    finally:
-        for s in streams:
-            s.abort()
-        for t in tasks:
-            t.cancel()
-
-
-async def _collect(streams: list[RequestStream], n: int) -> tuple[list[_Choice], int]:
-    """Runs the requests to the end; returns the choices and the prompt tokens.
-
-    The n choices of one prompt share it, so it is counted once (as OpenAI does).
-    """
-    choices = [_Choice() for _ in streams]
-    prompt_tokens: dict[int, int] = {}
-    async with contextlib.aclosing(_merge(streams)) as merged:
-        async for i, delta in merged:
-            choices[i].add(delta)
-            prompt_tokens[i // n] = delta.prompt_tokens
-    return choices, sum(prompt_tokens.values())
-
-
-def _usage(prompt_tokens: int, choices: list[_Choice], prompts: int = 1) -> Usage:
-    """n choices of one prompt count its tokens once (as OpenAI does); `prompts`: how
-    many different prompts the choices answer (legacy completions take several)."""
-    completion = sum(c.completion_tokens for c in choices)
-    accepted = sum(c.accepted_draft_tokens for c in choices)
-    rejected = sum(c.rejected_draft_tokens for c in choices)
-    per_prompt = max(1, len(choices) // max(1, prompts))
-    cached = sum(c.cached_tokens or 0 for c in choices[::per_prompt])
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion,
-        total_tokens=prompt_tokens + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-        completion_tokens_details=CompletionTokensDetails(
-            accepted_prediction_tokens=accepted, rejected_prediction_tokens=rejected
-        )
-        if accepted or rejected
-        else None,
-    )
 
 
 T = TypeVar("T")
