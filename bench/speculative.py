@@ -124,7 +124,7 @@ def sweep_point(engine: Engine, prompts: list[list[int]], max_tokens: int) -> fl
     return tokens / seconds
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -138,20 +138,17 @@ def main() -> None:
     ap.add_argument("--sweep-max-tokens", type=int, default=96)
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="('' to skip)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/speculative.json"))
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    torch.set_num_threads(args.threads)
-    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
-    path = args.model or default_model_path(home=env.home)
-    loaded = load_model(path, torch.float32, "cpu")
-    engines = {"off": Engine(loaded, env.apply(EngineConfig()))}
-    for method in filter(None, args.methods.split(",")):
-        spec = SpeculativeConfig(method=method, num_speculative_tokens=args.k)
-        engines[method] = Engine(loaded, env.apply(EngineConfig(speculative=spec)))
-    hf_model = None if args.no_hf else load_hf(path, torch.float32)
-    prompts = {name: chat_ids(loaded, text) for name, text in WORKLOADS.items()}
-    chosen = {w: prompts[w] for w in filter(None, args.workloads.split(","))}
 
+def _batch_one(
+    args: argparse.Namespace,
+    engines: dict[str, Engine],
+    hf_model: Any,
+    chosen: dict[str, list[int]],
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[int]]]]:
+    """Each workload alone, every engine (and transformers), `rounds` times interleaved:
+    (tokens/s per workload and engine, the first output of each)."""
     rates: dict[str, dict[str, list[float]]] = {w: {} for w in chosen}
     outputs: dict[str, dict[str, list[int]]] = {w: {} for w in chosen}
     for r in range(args.rounds if chosen else 0):
@@ -166,11 +163,15 @@ def main() -> None:
                     rates[w].setdefault(name, []).append(rate)
                     outputs[w].setdefault(name, tokens)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
+    return rates, outputs
 
-    # Every level, all engines, `rounds` times interleaved; the median per engine and level.
+
+def _sweep(
+    args: argparse.Namespace, engines: dict[str, Engine], mix: list[list[int]]
+) -> dict[str, dict[int, float]]:
+    """Every level, all engines, `rounds` times interleaved; the median per engine and level."""
     sweep_runs: dict[str, dict[int, list[float]]] = {}
     levels = [int(v) for v in args.sweep.split(",") if v]
-    mix = list(prompts.values())
     for r in range(args.rounds if levels else 0):
         for level in levels:
             batch = [mix[i % len(mix)] for i in range(level)]
@@ -178,11 +179,27 @@ def main() -> None:
                 rate = sweep_point(engine, batch, args.sweep_max_tokens)
                 sweep_runs.setdefault(name, {}).setdefault(level, []).append(rate)
         print(f"sweep round {r + 1}/{args.rounds} done", flush=True)
-    sweep = {
+    return {
         name: {level: statistics.median(v) for level, v in per.items()}
         for name, per in sweep_runs.items()
     }
 
+
+def main() -> None:
+    args = _arguments()
+    torch.set_num_threads(args.threads)
+    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
+    path = args.model or default_model_path(home=env.home)
+    loaded = load_model(path, torch.float32, "cpu")
+    engines = {"off": Engine(loaded, env.apply(EngineConfig()))}
+    for method in filter(None, args.methods.split(",")):
+        spec = SpeculativeConfig(method=method, num_speculative_tokens=args.k)
+        engines[method] = Engine(loaded, env.apply(EngineConfig(speculative=spec)))
+    hf_model = None if args.no_hf else load_hf(path, torch.float32)
+    prompts = {name: chat_ids(loaded, text) for name, text in WORKLOADS.items()}
+    chosen = {w: prompts[w] for w in filter(None, args.workloads.split(","))}
+    rates, outputs = _batch_one(args, engines, hf_model, chosen)
+    sweep = _sweep(args, engines, list(prompts.values()))
     counters = {
         name: {
             "accepted": engine.metrics.spec_accepted_tokens._value.get(),

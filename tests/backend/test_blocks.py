@@ -1,9 +1,7 @@
-"""BlockManager: allocation, prefix caching, LRU eviction, and a randomized invariant check."""
+"""BlockManager: allocation, prefix caching, LRU eviction (the randomized invariant check
+is in test_blocks_simulation.py)."""
 
 from __future__ import annotations
-
-import random
-from collections.abc import Callable
 
 import pytest
 
@@ -315,105 +313,3 @@ def test_reset_prefix_cache_forgets_only_unused_blocks() -> None:
     bm.allocate(d)  # blocks still in use keep their registration
     assert d.num_cached_tokens == 8
     bm._check()
-
-
-def _weak_hash(prev: int, tokens: tuple[int, ...]) -> int:
-    return (prev * 31 + hash(tokens)) % 7
-
-
-def _prefix_free_hash(prev: int, tokens: tuple[int, ...]) -> int:
-    return hash(tokens) % 5
-
-
-@pytest.mark.parametrize(
-    ("hash_fn", "caching"),
-    [(None, True), (_weak_hash, True), (_prefix_free_hash, True), (None, False)],
-    ids=["default", "weak-hash", "prefix-free-hash", "no-caching"],
-)
-def test_randomized_simulation(
-    monkeypatch: pytest.MonkeyPatch,
-    hash_fn: Callable[[int, tuple[int, ...]], int] | None,
-    caching: bool,
-) -> None:
-    if hash_fn is not None:
-        monkeypatch.setattr(blocks, "_block_hash", hash_fn)
-    rng = random.Random(1234)
-    bs, num_blocks = 4, 40
-    bm = BlockManager(num_blocks, bs, prefix_caching=caching)
-    bases = [[rng.randrange(3) for _ in range(rng.randrange(4, 24))] for _ in range(4)]
-    # Shadow KV: what each slot was computed from (the token prefix ending there).
-    kv: dict[int, list[tuple[int, ...] | None]] = {b: [None] * bs for b in range(num_blocks)}
-    waiting: list[Sequence] = []
-    running: list[Sequence] = []
-
-    def admit() -> None:
-        if waiting and rng.random() < 0.5:
-            seq = waiting.pop(rng.randrange(len(waiting)))
-        else:
-            base = rng.choice(bases)
-            tail = [rng.randrange(3) for _ in range(rng.randrange(0, 10))]
-            seq = make_seq(base[: rng.randrange(len(base) + 1)] + tail or [0])
-        if not bm.can_allocate(seq):
-            with pytest.raises(RuntimeError):
-                bm.allocate(seq)
-            waiting.append(seq)
-            return
-        bm.allocate(seq)
-        assert len(seq.block_table) == -(-seq.num_tokens // bs)
-        assert seq.num_cached_tokens < seq.num_tokens
-        for p in range(seq.num_cached_tokens):  # every hit slot holds this exact prefix
-            assert kv[seq.block_table[p // bs]][p % bs] == tuple(seq.token_ids[: p + 1])
-        running.append(seq)
-
-    def step() -> None:
-        seq = rng.choice(running)
-        if seq.num_uncomputed_tokens == 0:
-            seq.token_ids.extend(rng.randrange(3) for _ in range(rng.randrange(1, 4)))
-            if not bm.can_append(seq):
-                with pytest.raises(RuntimeError):
-                    bm.append_slots(seq)
-                running.remove(seq)
-                bm.free(seq)  # preempt by recompute
-                waiting.append(seq)
-                return
-            bm.append_slots(seq)
-        start = seq.num_computed_tokens
-        end = start + rng.randrange(1, seq.num_uncomputed_tokens + 1)
-        for p in range(start, end):  # the forward pass writes only private blocks
-            block = bm._blocks[seq.block_table[p // bs]]
-            assert block.ref_count == 1 and block.hash is None
-            kv[seq.block_table[p // bs]][p % bs] = tuple(seq.token_ids[: p + 1])
-        seq.num_computed_tokens = end
-        bm.mark_computed(seq)
-
-    def finish() -> None:
-        seq = running.pop(rng.randrange(len(running)))
-        bm.free(seq)
-        assert seq.block_table == [] and seq.num_computed_tokens == 0
-        if rng.random() < 0.3:
-            waiting.append(seq)
-
-    for i in range(2000):
-        r = rng.random()
-        if not running or r < 0.3:
-            admit()
-        elif r < 0.85:
-            step()
-        else:
-            finish()
-        if i % 500 == 499 and rng.random() < 0.5:
-            bm.reset_prefix_cache()
-        bm._check()
-        in_use = sum(1 for b in bm._blocks if b.ref_count > 0)
-        assert bm.usage == pytest.approx(in_use / num_blocks)
-        assert bm.num_free_blocks == num_blocks - in_use
-
-    if caching:
-        assert bm.prefix_cache_hits > 0
-        assert bm.prefix_cache_queries > bm.prefix_cache_hits
-    else:
-        assert bm.prefix_cache_queries == bm.prefix_cache_hits == 0
-    for seq in running:
-        bm.free(seq)
-    bm._check()
-    assert bm.num_free_blocks == num_blocks
