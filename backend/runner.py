@@ -45,6 +45,12 @@ class ModelRunner:
         self.device = device
         self.kv_cache = model.allocate_kv_cache(num_blocks, block_size, kv_dtype, device)
 
+    def release(self) -> None:
+        """Gives the KV cache's memory back (the engine has stopped: nothing runs again).
+        An engine object can outlive its shutdown in a reference cycle until the garbage
+        collector's next full pass; its cache (gigabytes) should not."""
+        self.kv_cache = self.kv_cache.new_empty(0)
+
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         def is_prefill(i: int) -> bool:

@@ -15,7 +15,13 @@ from gateway.config import EngineSection
 from gateway.config.environment import hand_config_to_workers
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from gateway.config import GatewayConfig
+    from gateway.http.edge import Edge
+    from gateway.runtime import Gateway
+    from gateway.upstreams.base import Upstream
+    from gateway.upstreams.engine import EngineUpstream
 
 log = logging.getLogger("llm_gateway")
 
@@ -183,7 +189,12 @@ def _server_options(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
-def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: Any) -> Any:
+def _gateway(
+    config: GatewayConfig,
+    upstream: Upstream | None,
+    name: str | None,
+    registry: CollectorRegistry,
+) -> Gateway:
     from gateway.build import build_gateway
     from gateway.metrics import AdmissionCollector, EmbedderCollector, GatewayMetrics
     from gateway.telemetry import tracer_from_config
@@ -198,7 +209,7 @@ def _gateway(config: GatewayConfig, upstream: Any, name: str | None, registry: A
     return gateway
 
 
-def worker_app() -> Any:
+def worker_app() -> Edge:
     """One worker's app (uvicorn --workers): the config file named by the parent."""
     from prometheus_client import CollectorRegistry
 
@@ -213,7 +224,9 @@ def worker_app() -> Any:
     return create_app(gateway, registry, EdgeLimits.from_config(config.server), config.admin_key())
 
 
-def _start_engine(args: argparse.Namespace, config: GatewayConfig) -> tuple[Any, str, Any] | None:
+def _start_engine(
+    args: argparse.Namespace, config: GatewayConfig
+) -> tuple[EngineUpstream, str, CollectorRegistry] | None:
     """Loads the bundled engine: settings from the config's [engine] section when it has
     one, else from the command-line flags. None (after printing why) when it cannot."""
     from backend.engine import Engine

@@ -181,6 +181,8 @@ class Engine:
             self._stopping = True
             self._cv.notify()
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self.runner.release()
 
     @property
     def num_unfinished(self) -> int:

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.engine import Engine, EngineConfig
+from backend.engine import Engine
 from backend.int8_decode import MAX_ROWS, attach_int8, quantize_rows
 from backend.linear import project
 from backend.loading.weights import load_model
 from backend.sampling_params import SamplingParams
+from tests.backend.conftest import small_kv_config
 
 
 def test_rows_quantize_within_half_a_step() -> None:
@@ -43,7 +44,7 @@ def test_small_steps_use_int8_and_large_steps_stay_exact() -> None:
 
 def test_engine_with_int8_decode_answers_correctly(smollm2_gguf: Path) -> None:
     loaded = load_model(smollm2_gguf)  # its own copy: int8 copies are attached in place
-    eng = Engine(loaded, EngineConfig(int8_decode=True))
+    eng = Engine(loaded, small_kv_config(int8_decode=True))
     tok = loaded.tokenizer
     ids = tok.encode(
         tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])

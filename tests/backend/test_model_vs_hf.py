@@ -19,6 +19,7 @@ import torch
 from backend.engine import Engine
 from backend.loading.weights import LoadedModel, load_model
 from backend.sampling_params import SamplingParams
+from tests.backend.conftest import small_kv_config
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -35,8 +36,8 @@ NEW_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
-def ours(smollm2_gguf: Path) -> LoadedModel:
-    return load_model(smollm2_gguf, torch.float32, "cpu")
+def ours(loaded: LoadedModel) -> LoadedModel:
+    return loaded  # float32 on the CPU
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ async def _engine_greedy(engine: Engine, ids: list[int]) -> list[int]:
 
 
 def test_greedy_matches_transformers(ours: LoadedModel, hf_model: Any) -> None:
-    engine = Engine(ours)
+    engine = Engine(ours, small_kv_config())
     compared = 0
     try:
         for messages in PROMPTS:

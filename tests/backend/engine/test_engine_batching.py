@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine, EngineConfig
-from backend.loading.weights import LoadedModel, load_model
+from backend.engine import Engine
+from backend.loading.weights import LoadedModel
 from backend.sampling_params import SamplingParams
+from tests.backend.conftest import small_kv_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,8 @@ SYSTEM = (
 ) * 6
 
 
-@pytest.fixture(scope="module")
-def loaded(smollm2_gguf: Path) -> LoadedModel:
-    return load_model(smollm2_gguf)
-
-
 def _engine(loaded: LoadedModel, **kwargs: object) -> Engine:
-    return Engine(loaded, EngineConfig(**kwargs))  # type: ignore[arg-type]
+    return Engine(loaded, small_kv_config(**kwargs))
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine, EngineConfig, RequestRejected
-from backend.loading.weights import LoadedModel, load_model
+from backend.engine import Engine, RequestRejected
+from backend.loading.weights import LoadedModel
 from backend.request import Delta
 from backend.sampling_params import SamplingParams
 from backend.speculative import SpeculativeConfig
+from tests.backend.conftest import small_kv_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def loaded(smollm2_gguf: Path) -> LoadedModel:
-    return load_model(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
 def plain(loaded: LoadedModel) -> Iterator[Engine]:
-    eng = Engine(loaded, EngineConfig(max_num_batched_tokens=256))
+    eng = Engine(loaded, small_kv_config(max_num_batched_tokens=256))
     yield eng
     eng.shutdown()
 
@@ -47,7 +42,7 @@ def plain(loaded: LoadedModel) -> Iterator[Engine]:
 def spec(loaded: LoadedModel) -> Iterator[Engine]:
     # Fixed k: what is proposed is fed, so these tests do not depend on timings.
     config = SpeculativeConfig(method="ngram", num_speculative_tokens=6, adaptive_speculation=False)
-    eng = Engine(loaded, EngineConfig(max_num_batched_tokens=256, speculative=config))
+    eng = Engine(loaded, small_kv_config(max_num_batched_tokens=256, speculative=config))
     yield eng
     eng.shutdown()
 
@@ -140,7 +135,7 @@ def test_speculation_refused_when_the_server_has_none(plain: Engine, loaded: Loa
 def test_self_draft_keeps_greedy_output_identical(plain: Engine, loaded: LoadedModel) -> None:
     config = SpeculativeConfig(method="self-draft", self_draft_layers=6, num_speculative_tokens=3,
                                adaptive_speculation=False)  # fmt: skip
-    eng = Engine(loaded, EngineConfig(max_num_batched_tokens=256, speculative=config))
+    eng = Engine(loaded, small_kv_config(max_num_batched_tokens=256, speculative=config))
     try:
         prompts = [chat_ids(loaded, p) for p in PROMPTS[:2]]
         params = SamplingParams(max_tokens=30, temperature=0.0)

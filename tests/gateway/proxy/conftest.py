@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.conftest import _free_port, stop, wait_until_up
+from tests.serving import free_port, stop, wait_until_up
 
 ALIAS = "real-model"
 EMBEDDER = "text-embedding-3-small"  # what the gateway's "emb" is called upstream
@@ -33,7 +33,7 @@ EMBEDDER = "text-embedding-3-small"  # what the gateway's "emb" is called upstre
 @contextmanager
 def running_mock() -> Iterator[str]:
     """A mock upstream process; yields its base URL (ending in /v1)."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "gateway.testing.mock_upstream", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/v1"
@@ -54,7 +54,7 @@ def running_gateways(configs: dict[str, str], folder: Path) -> Iterator[dict[str
         for name, config in configs.items():
             path, log = folder / f"{name}.toml", folder / f"{name}.log"
             path.write_text(config)
-            port = _free_port()
+            port = free_port()
             cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
             cmd += ["--port", str(port), "--log-level", "warning"]
             with log.open("wb") as out:

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def model(embedding_model: EmbeddingModel) -> EmbeddingModel:
-    """The session's one loaded model (tests/gateway/conftest.py)."""
+    """The session's one loaded model (tests/conftest.py)."""
     return embedding_model
 
 
@@ -182,14 +182,14 @@ async def test_entries_survive_a_restart_through_redis(
     redis_server: RedisProcess, embedder: Embedder
 ) -> None:
     prefix = f"test-{uuid.uuid4().hex}:"
-    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0)
+    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix, timeout_s=1.0), timeout_s=1.0)
     up = FakeUpstream()
     first = await _cache(store, embedder)
     await _ask(Chain([ChainEntry("semantic_cache", first)], up), _call("What is a mutex?"))
     await first.shutdown()
     await store.close()
 
-    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0)
+    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix, timeout_s=1.0), timeout_s=1.0)
     try:
         second = await _cache(store, embedder)  # a new process would start like this
         assert second.index is not None and len(second.index) == 1
@@ -275,7 +275,7 @@ async def test_the_rebuild_is_not_cut_short_by_the_request_timeout(
     redis_server: RedisProcess, embedder: Embedder
 ) -> None:
     prefix = f"test-{uuid.uuid4().hex}:"
-    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0)
+    store = FailOpenStore(RedisStore(redis_server.url, prefix=prefix, timeout_s=1.0), timeout_s=1.0)
     first = await _cache(store, embedder)
     for q in ("What is a mutex?", "What is a semaphore?", "What is a spinlock?"):
         await _ask(Chain([ChainEntry("semantic_cache", first)], FakeUpstream()), _call(q))
@@ -294,7 +294,8 @@ async def test_replicas_sharing_redis_see_each_others_entries(
 ) -> None:
     prefix = f"test-{uuid.uuid4().hex}:"
     stores = [
-        FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0) for _ in "ab"
+        FailOpenStore(RedisStore(redis_server.url, prefix=prefix, timeout_s=1.0), timeout_s=1.0)
+        for _ in "ab"
     ]
     try:
         a, b = [await _cache(s, embedder, refresh_s=3600) for s in stores]

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gateway.testing.redis_server import RedisProcess
-from tests.gateway.conftest import _config, _model, _stats
+from tests.serving import gateway_config, model_route, upstream_stats
 
 Start = Callable[..., str]
 
@@ -27,7 +27,7 @@ def _cache_config(upstream: str, redis_url: str, extra_plugins: str = "") -> str
         f'[store]\nkind = "redis"\nurl = "{redis_url}"\ntimeout_ms = 50\ncooldown_s = 0.2\n'
         "[embeddings]\nenabled = false\n"
     )
-    return _config({"g": [upstream]}, _model(["g"]), head)
+    return gateway_config({"g": [upstream]}, model_route(["g"]), head)
 
 
 def test_a_streamed_answer_is_replayed_from_redis_to_the_openai_sdk(
@@ -56,7 +56,7 @@ def test_a_streamed_answer_is_replayed_from_redis_to_the_openai_sdk(
     assert seen[0][1:] == seen[1][1:]
     assert seen[1][1] == "tok0 tok1 tok2 tok3 tok4 " and seen[1][2] == "stop"
     assert seen[1][3] is not None  # the usage chunk came back with the replay
-    assert _stats(up)["requests"] == 1
+    assert upstream_stats(up)["requests"] == 1
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])
@@ -157,7 +157,7 @@ def test_tenants_never_share_either_cache_and_embeddings_are_served(
         '[[auth.keys]]\nkey = "key-a"\ntenant = "a"\n'
         '[[auth.keys]]\nkey = "key-b"\ntenant = "b"\n'
     )
-    url = gateway(_config({"g": [up]}, _model(["g"]), head))
+    url = gateway(gateway_config({"g": [up]}, model_route(["g"]), head))
 
     def ask(key: str, content: str) -> tuple[str, str]:
         body = {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0}
@@ -173,7 +173,7 @@ def test_tenants_never_share_either_cache_and_embeddings_are_served(
     # Tenant b asks the very same questions: neither cache answers from a's entries.
     assert ask("key-b", "How do I reset my password?") == ("miss", "miss")
     assert ask("key-b", "how can i reset my password") == ("miss", "hit")  # b's own entry
-    assert _stats(up)["requests"] == 2
+    assert upstream_stats(up)["requests"] == 2
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="key-a", max_retries=0)
     floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=["hello", "world"])

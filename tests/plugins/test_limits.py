@@ -259,7 +259,8 @@ async def test_a_dead_store_lets_requests_through(redis_process: RedisProcess) -
 async def test_replicas_sharing_a_redis_share_the_count(redis_server: RedisProcess) -> None:
     prefix = f"test-{uuid.uuid4().hex}:"
     stores = [
-        FailOpenStore(RedisStore(redis_server.url, prefix=prefix), timeout_s=1.0) for _ in "ab"
+        FailOpenStore(RedisStore(redis_server.url, prefix=prefix, timeout_s=1.0), timeout_s=1.0)
+        for _ in "ab"
     ]
     try:
         clock = Clock()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.gateway.conftest import _config, _model, _stats
+from tests.serving import gateway_config, model_route, upstream_stats
 
 LIMITS = (
     "[server]\nmax_body_mb = 0.01\nmax_headers = 20\nmax_header_kb = 4\n"
@@ -26,7 +26,7 @@ def served(
     mock_upstream: Callable[..., str], gateway: Callable[[str], str]
 ) -> Iterator[tuple[str, str]]:
     upstream = mock_upstream()
-    yield gateway(_config({"g": [upstream]}, _model(["g"]), LIMITS)), upstream
+    yield gateway(gateway_config({"g": [upstream]}, model_route(["g"]), LIMITS)), upstream
 
 
 def _exchange(url: str, raw: bytes, wait_s: float = 10.0) -> bytes:
@@ -61,7 +61,7 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_read(
     reply = httpx.post(url + "/v1/chat/completions", content=_chat_body(20_000))
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
     assert reply.headers["x-request-id"]
-    assert _stats(upstream)["requests"] == 0
+    assert upstream_stats(upstream)["requests"] == 0
     assert httpx.post(url + "/v1/chat/completions", content=_chat_body(100)).status_code == 200
 
 
@@ -74,7 +74,7 @@ def test_a_chunked_body_over_the_limit_is_413(served: tuple[str, str]) -> None:
 
     reply = httpx.post(url + "/v1/chat/completions", content=pieces())
     assert reply.status_code == 413
-    assert _stats(upstream)["requests"] == 0
+    assert upstream_stats(upstream)["requests"] == 0
 
 
 def test_too_many_or_too_large_headers_are_431(served: tuple[str, str]) -> None:
@@ -101,7 +101,7 @@ def test_a_body_that_stops_arriving_is_408_and_closed(served: tuple[str, str]) -
     )
     got = _exchange(url, head.encode() + b'{"model": "m", ')
     assert got.startswith(b"HTTP/1.1 408") or got == b""  # closed, whatever it could say
-    assert _stats(upstream)["requests"] == 0
+    assert upstream_stats(upstream)["requests"] == 0
     assert httpx.get(url + "/health").status_code == 200
 
 
@@ -113,4 +113,4 @@ def test_a_body_nested_too_deeply_is_400(served: tuple[str, str]) -> None:
     for path in ("/v1/embeddings", "/v1/moderations"):
         body = b'{"model": "m", "input": ' + b"[" * 1000 + b"]" * 1000 + b"}"
         assert httpx.post(url + path, content=body).status_code == 400
-    assert _stats(upstream)["requests"] == 0
+    assert upstream_stats(upstream)["requests"] == 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.gateway.conftest import _config, _free_port, _model, _stats
+from tests.serving import free_port, gateway_config, model_route, upstream_stats
 
 Start = Callable[..., str]
 
@@ -22,22 +22,22 @@ def _chat(url: str, content: str, stream: bool = False, **kw: Any) -> httpx.Resp
 
 
 def _unreachable() -> str:
-    return f"http://127.0.0.1:{_free_port()}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 def test_routing_spreads_and_prefers_the_prefix_owner(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
     ups = [mock_upstream(name=f"u{i}") for i in range(3)]
-    url = gateway(_config({"g": ups}, _model(["g"])))
+    url = gateway(gateway_config({"g": ups}, model_route(["g"])))
     for i in range(30):  # different prompts spread
         assert _chat(url, f"{i:06d} a prompt of its own").status_code == 200
-    counts = [_stats(u)["requests"] for u in ups]
+    counts = [upstream_stats(u)["requests"] for u in ups]
     assert sum(counts) == 30 and min(counts) > 0
     shared = "You are a helpful assistant for the harbour office. " * 4
     for turn in range(10):  # one conversation growing: its prefix stays on one backend
         assert _chat(url, shared + " question " * turn).status_code == 200
-    grew = [_stats(u)["requests"] - c for u, c in zip(ups, counts, strict=True)]
+    grew = [upstream_stats(u)["requests"] - c for u, c in zip(ups, counts, strict=True)]
     assert sorted(grew) == [0, 0, 10]
 
 
@@ -47,18 +47,20 @@ def test_a_failing_backend_is_ejected_then_recovers(
     bad, good = mock_upstream(status=500, name="bad"), mock_upstream(name="good")
     settings = '{name = "routing", settings = {failure_threshold = 3, ejection_base_s = 0.05}}'
     url = gateway(
-        _config({"g": [bad, good]}, _model(["g"], "round_robin"), f"plugins = [{settings}]")
+        gateway_config(
+            {"g": [bad, good]}, model_route(["g"], "round_robin"), f"plugins = [{settings}]"
+        )
     )
     for i in range(20):  # retried on the good one: clients never see the failures
         assert _chat(url, f"request {i}").status_code == 200
     # Ejected after 3 consecutive failures; then only probes, the back-off doubling after
     # each failed one (round robin alone would have sent it 10 of the 20).
-    failed = _stats(bad)["requests"]
+    failed = upstream_stats(bad)["requests"]
     assert 3 <= failed < 10
     httpx.post(bad + "/control", json={"status": 200})
     deadline = time.monotonic() + 10  # the back-off passes; a probe puts it back
     i = 0
-    while _stats(bad)["requests"] < failed + 3:
+    while upstream_stats(bad)["requests"] < failed + 3:
         assert time.monotonic() < deadline, "the recovered backend never came back"
         assert _chat(url, f"after {i}").status_code == 200
         i += 1
@@ -68,25 +70,27 @@ def test_a_failing_backend_is_ejected_then_recovers(
 def test_fallback_to_the_second_group(mock_upstream: Start, gateway: Callable[[str], str]) -> None:
     backup = mock_upstream(name="backup")
     url = gateway(
-        _config({"dead": [_unreachable()], "backup": [backup]}, _model(["dead", "backup"]))
+        gateway_config(
+            {"dead": [_unreachable()], "backup": [backup]}, model_route(["dead", "backup"])
+        )
     )
     reply = _chat(url, "hello")
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
-    assert _stats(backup)["requests"] == 1
+    assert upstream_stats(backup)["requests"] == 1
 
 
 def test_4xx_is_not_retried(mock_upstream: Start, gateway: Callable[[str], str]) -> None:
     a, b = mock_upstream(status=400), mock_upstream(status=400)
-    url = gateway(_config({"g": [a, b]}, _model(["g"], "round_robin")))
+    url = gateway(gateway_config({"g": [a, b]}, model_route(["g"], "round_robin")))
     reply = _chat(url, "bad request")
     assert reply.status_code == 400 and reply.json()["error"]["message"] == "mock mock failing"
-    assert _stats(a)["requests"] + _stats(b)["requests"] == 1
+    assert upstream_stats(a)["requests"] + upstream_stats(b)["requests"] == 1
 
 
 def test_a_stream_dying_mid_answer_ends_with_an_error_event(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
-    url = gateway(_config({"g": [mock_upstream(chunks=8, die_after=3)]}, _model(["g"])))
+    url = gateway(gateway_config({"g": [mock_upstream(chunks=8, die_after=3)]}, model_route(["g"])))
     with httpx.stream("POST", url + "/v1/chat/completions", json={
         "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
     }, timeout=10) as r:  # fmt: skip
@@ -100,16 +104,16 @@ def test_a_client_disconnect_cancels_the_upstream(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
     upstream = mock_upstream(chunks=500, delay_ms=10)
-    url = gateway(_config({"g": [upstream]}, _model(["g"])))
+    url = gateway(gateway_config({"g": [upstream]}, model_route(["g"])))
     with httpx.stream("POST", url + "/v1/chat/completions", json={
         "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
     }, timeout=10) as r:  # fmt: skip
         lines = r.iter_lines()
         next(line for line in lines if line.startswith("data: "))
     deadline = time.monotonic() + 1.5
-    while _stats(upstream)["cancelled"] == 0 and time.monotonic() < deadline:
+    while upstream_stats(upstream)["cancelled"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _stats(upstream)["cancelled"] == 1
+    assert upstream_stats(upstream)["cancelled"] == 1
 
 
 def test_a_third_party_plugin_is_discovered_and_runs_in_order(
@@ -119,7 +123,7 @@ def test_a_third_party_plugin_is_discovered_and_runs_in_order(
         'plugins = [{name = "stamp", settings = {header = "x-outer"}}, "routing", '
         '{name = "stamp", settings = {header = "x-inner"}}]'
     )
-    url = gateway(_config({"g": [mock_upstream(delay_ms=20)]}, _model(["g"]), chain))
+    url = gateway(gateway_config({"g": [mock_upstream(delay_ms=20)]}, model_route(["g"]), chain))
     reply = _chat(url, "hello")
     assert reply.status_code == 200
     outer = float(reply.headers["x-outer"].split("below_ms=")[1])
@@ -132,7 +136,7 @@ def test_a_third_party_plugin_is_discovered_and_runs_in_order(
 def test_api_keys_map_to_tenants(mock_upstream: Start, gateway: Callable[[str], str]) -> None:
     auth = '[[auth.keys]]\nkey = "sk-a"\ntenant = "team-a"\n'
     chain = 'plugins = ["routing", "stamp"]\n'
-    url = gateway(_config({"g": [mock_upstream()]}, _model(["g"]), chain + auth))
+    url = gateway(gateway_config({"g": [mock_upstream()]}, model_route(["g"]), chain + auth))
     for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
         reply = _chat(url, "hi", headers=headers)
         assert reply.status_code == 401
@@ -145,8 +149,8 @@ def test_api_keys_map_to_tenants(mock_upstream: Start, gateway: Callable[[str], 
 def test_readiness_is_separate_from_liveness(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
-    models = _model(["up"], name="m") + _model(["down"], name="n")
-    url = gateway(_config({"up": [mock_upstream()], "down": [_unreachable()]}, models))
+    models = model_route(["up"], name="m") + model_route(["down"], name="n")
+    url = gateway(gateway_config({"up": [mock_upstream()], "down": [_unreachable()]}, models))
     assert httpx.get(url + "/health").status_code == 200
     ready = httpx.get(url + "/ready")
     assert ready.status_code == 503
@@ -157,7 +161,7 @@ def test_metrics_count_requests_plugins_and_backends(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
     up = mock_upstream(chunks=3)
-    url = gateway(_config({"g": [up]}, _model(["g"])))
+    url = gateway(gateway_config({"g": [up]}, model_route(["g"])))
     assert _chat(url, "one").status_code == 200
     with httpx.stream("POST", url + "/v1/chat/completions", json={
         "model": "m", "messages": [{"role": "user", "content": "two"}], "stream": True,
@@ -180,7 +184,7 @@ def test_an_admin_key_guards_metrics_and_readiness_detail(
     mock_upstream: Start, gateway: Callable[[str], str]
 ) -> None:
     up = mock_upstream()
-    url = gateway(_config({"g": [up]}, _model(["g"]), '[server]\nadmin_key = "adm"\n'))
+    url = gateway(gateway_config({"g": [up]}, model_route(["g"]), '[server]\nadmin_key = "adm"\n'))
     assert httpx.get(url + "/metrics").status_code == 401
     admin = {"authorization": "Bearer adm"}
     assert "llm_gateway_requests" in httpx.get(url + "/metrics", headers=admin).text
@@ -198,7 +202,7 @@ def test_a_request_an_upstream_read_and_dropped_is_never_sent_again(
     a, b = mock_upstream(), mock_upstream()
     for url in (a, b):
         httpx.post(url + "/control", json={"drop": True})
-    url = gateway(_config({"g": [a, b]}, _model(["g"], "round_robin")))
+    url = gateway(gateway_config({"g": [a, b]}, model_route(["g"], "round_robin")))
     reply = _chat(url, "pay once")
     assert reply.status_code == 503 and reply.json()["error"]["code"] == "upstream_unavailable"
-    assert _stats(a)["requests"] + _stats(b)["requests"] == 1
+    assert upstream_stats(a)["requests"] + upstream_stats(b)["requests"] == 1

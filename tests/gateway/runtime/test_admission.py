@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.conftest import MODEL_ID, _stats, start_serve, stop
+from tests.serving import MODEL_ID, TEST_KV_CACHE_GB, start_serve, stop, upstream_stats
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -49,7 +49,7 @@ def test_past_the_bound_requests_are_refused_at_once_with_retry_after(
     for _, status, headers in done:
         if status == 503:
             assert int(headers["retry-after"]) >= 1
-    assert _stats(upstream)["requests"] == 2  # the refused were never sent
+    assert upstream_stats(upstream)["requests"] == 2  # the refused were never sent
     metrics = httpx.get(url + "/metrics").text
     assert 'llm_gateway_admission_refused_total{backend="' in metrics
     assert 'reason="global"} 4.0' in metrics
@@ -73,6 +73,7 @@ def test_the_engine_refuses_past_its_bound_and_reports_queue_time(
 ) -> None:
     config = (
         f'[engine]\nmodel = "{smollm2_gguf}"\nserved_model_name = "{MODEL_ID}"\n'
+        f"kv_cache_gb = {TEST_KV_CACHE_GB}\n"
         '[[groups]]\nname = "local"\nkind = "engine"\nmax_in_flight = 1\n'
         f'[[models]]\nname = "{MODEL_ID}"\ngroups = ["local"]\n'
     )

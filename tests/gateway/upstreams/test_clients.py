@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.conftest import _stats, start_serve, stop
+from tests.serving import start_serve, stop, upstream_stats
 
 CLIENTS = ["lean", "httpx"] + (["aiohttp"] if importlib.util.find_spec("httpx_aiohttp") else [])
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "x_unknown": [1, None]}
@@ -33,7 +33,7 @@ def test_each_client_carries_json_and_streams(
     url = gateway(_config(upstream, client))
     reply = httpx.post(url + "/v1/chat/completions", json=BODY, timeout=10)
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
-    assert _stats(upstream)["last_body"] == BODY
+    assert upstream_stats(upstream)["last_body"] == BODY
     stream = {**BODY, "stream": True}
     with httpx.stream("POST", url + "/v1/chat/completions", json=stream, timeout=10) as r:
         lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
@@ -48,6 +48,6 @@ def test_the_environments_proxy_is_used(mock_upstream: Callable[..., str], tmp_p
     try:
         reply = httpx.post(url + "/v1/chat/completions", json=BODY, timeout=10)
         assert reply.status_code == 200
-        assert _stats(proxy)["last_path"] == "http://upstream.invalid:9/v1/chat/completions"
+        assert upstream_stats(proxy)["last_path"] == "http://upstream.invalid:9/v1/chat/completions"
     finally:
         stop(proc, 10)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.conftest import MODEL_ID, start_serve, stop
+from tests.serving import MODEL_ID, TEST_KV_CACHE_GB, start_serve, stop
 
 
 def _running(url: str) -> float:
@@ -29,6 +29,7 @@ def test_sigterm_during_a_generation_exits_within_the_deadline(
     config = (
         "[server]\nshutdown_timeout_s = 1\n"
         f'[engine]\nmodel = "{smollm2_gguf}"\nserved_model_name = "{MODEL_ID}"\n'
+        f"kv_cache_gb = {TEST_KV_CACHE_GB}\n"
     )
     proc, url = start_serve(config, tmp_path / "g")
     log = tmp_path / "g.log"
