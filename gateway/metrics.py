@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from gateway.embeddings.batcher import Embedder
 
 from gateway.call import RESPONSES, Call
 from gateway.observe import CLOSED, watch
@@ -186,8 +189,8 @@ class EmbedderCollector:
     """The embedder's own counters, read at scrape time (the embedder is loaded on first
     use, so it may not exist yet): batches, texts, model busy time and queue length."""
 
-    def __init__(self, embedder: Callable[[], Any]) -> None:
-        self._embedder = embedder  # () -> Embedder | None
+    def __init__(self, embedder: Callable[[], Embedder | None]) -> None:
+        self._embedder = embedder
 
     def collect(self) -> Iterator[Metric]:
         e = self._embedder()

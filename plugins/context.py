@@ -46,6 +46,7 @@ from gateway.errors import InvalidRequest
 from gateway.payload import Chunk, Payload
 from gateway.plugin import Next, Plugin
 from gateway.replay import record
+from gateway.views import ChatView
 from policies.context import Message as PlainMessage
 from policies.context import bound, merge, trim
 
@@ -231,7 +232,7 @@ class ConversationContext(Plugin):
     async def startup(self, *, gateway: PluginHost) -> None:
         self.store = gateway.store
 
-    def budget(self, request: Any) -> int:
+    def budget(self, request: ChatView) -> int:
         """Prompt tokens the window leaves once the answer has its room: the request's own
         limit when it sets one, else the configured reserve."""
         reserve = request.max_completion_tokens or request.max_tokens or self.reserve_output_tokens

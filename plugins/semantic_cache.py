@@ -32,7 +32,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -52,7 +52,7 @@ from policies.cache import (
     parse_cache_control,
     semantic_split,
 )
-from policies.semantic_verify import analyse, substitution, verify
+from policies.semantic_verify import Analysis, analyse, substitution, verify
 
 if TYPE_CHECKING:
     from gateway.runtime import PluginHost
@@ -274,7 +274,7 @@ class SemanticCache(Plugin):
             return similarity, answer[1]
         return None
 
-    async def _verified(self, entry: IndexEntry, new: Any) -> bool:
+    async def _verified(self, entry: IndexEntry, new: Analysis) -> bool:
         pair = substitution(entry.analysis, new)
         similarity = None
         if pair is not None:

@@ -129,3 +129,12 @@ def test_add_request_after_shutdown_raises(loaded: LoadedModel) -> None:
 
     asyncio.run(go())
     assert eng.num_unfinished == 0
+
+
+def test_shutdown_gives_back_the_kv_cache(loaded: LoadedModel) -> None:
+    """A stopped engine's cache (gigabytes on a server) is freed at shutdown, not when the
+    garbage collector next finds the engine."""
+    eng = Engine(loaded, small_kv_config())
+    assert eng.runner.kv_cache.numel() > 0
+    eng.shutdown()
+    assert eng.runner.kv_cache.numel() == 0
