@@ -64,6 +64,7 @@ class Request:
     arrival_time: float  # time.monotonic() at add_request
     last_token_time: float | None = None
     scheduled_time: float | None = None  # the first step that worked on it (queue time)
+    first_token_time: float | None = None  # prefill time = this - scheduled_time
     spec: SpecState | None = None  # set when this request speculates
 
     @property

@@ -1,5 +1,6 @@
-"""The gateway's Prometheus metrics (the engine's, under `llm_engine:`, share the registry
-when it runs in process). Names follow Prometheus conventions under `llm_gateway_`."""
+"""The gateway's Prometheus metrics (the engine's, vLLM's `vllm:*` names, share the
+registry when it runs in process). Names follow Prometheus conventions under
+`llm_gateway_`."""
 
 from __future__ import annotations
 

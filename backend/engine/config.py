@@ -15,6 +15,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass(slots=True)
 class EngineConfig:
     model: str | Path | None = None  # for from_config; Engine() takes a loaded model
+    # The name clients use: the `model_name` label of every metric (default: the model's).
+    served_model_name: str | None = None
     dtype: str = "auto"  # "auto": bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # "auto": cuda when available, else cpu
     max_model_len: int | None = None  # default: the model's own context length

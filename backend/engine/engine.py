@@ -84,7 +84,9 @@ class Engine:
             self.device,
             kernels.paged_decode if kernels is not None else None,
         )
-        self.metrics = EngineMetrics(self, registry or CollectorRegistry())
+        self.metrics = EngineMetrics(
+            self, registry or CollectorRegistry(), config.served_model_name or loaded.name
+        )
         self.speculation: Speculation | None = None
         if config.speculative is not None:
             self.speculation = Speculation(
@@ -162,7 +164,7 @@ class Engine:
         stream = RequestStream(self, request_id, req.seq, asyncio.get_running_loop())
         with self._cv:
             if self._stopping:
-                raise RuntimeError("the engine is shut down")
+                raise RuntimeError("the engine is shut down")  # or its loop died
             if request_id in self._streams:
                 raise RequestRejected(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
@@ -191,7 +193,25 @@ class Engine:
 
     # ---- step loop (engine thread) -----------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """Whether the step loop runs: False after shutdown, or once it has died."""
+        return self._thread.is_alive() and not self._stopping
+
     def _loop(self) -> None:
+        """The step loop. A failed step fails its own requests and the loop goes on; an
+        error anywhere else ends the loop: every request waiting on it fails at once (it
+        would otherwise wait forever), new ones are refused, and `alive` turns False so
+        the server's /health says so."""
+        try:
+            self._run()
+        except BaseException as exc:
+            log.critical("the engine's step loop died", exc_info=True)
+            with self._cv:
+                self._stopping = True
+                self._fail_all(RuntimeError(f"the engine's step loop died: {exc!r}"))
+
+    def _run(self) -> None:
         while True:
             with self._cv:
                 while not (

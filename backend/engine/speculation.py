@@ -88,7 +88,7 @@ class Speculation:
             ]
             plan = self._plan(candidates)
             drafts = [g[:k] for g, k in zip(guesses, plan.num_draft, strict=True)]
-        self.metrics.spec_plans.labels(reason=plan.reason).inc()
+        self.metrics.on_plan(plan.reason)
         for (req, spec, _), draft in zip(decodes, drafts, strict=True):
             req.seq.draft = list(draft)
             if not draft:

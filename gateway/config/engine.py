@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from backend.engine import EngineConfig
 
 SPECULATIVE_GROUP = {"group": "speculative decoding"}
-# Fields the gateway itself uses (what to load, the name clients send) or that choose the
-# proposer; every other field has the same name in EngineConfig or SpeculativeConfig.
-GATEWAY_FIELDS = frozenset({"model", "served_model_name", "speculative"})
+# Fields the gateway resolves itself (what to load: the bundled model when None) or that
+# choose the proposer; every other field has the same name in EngineConfig or
+# SpeculativeConfig.
+GATEWAY_FIELDS = frozenset({"model", "speculative"})
 
 
 class EngineSection(Section, frozen=True):

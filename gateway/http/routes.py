@@ -8,17 +8,17 @@ metrics as for chat.
     GET  /v1/models, /v1/models/{id}
     GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items  (stored responses)
     *    /v1/...                    forwarded by model
-    GET  /health, /ready, /metrics
+    GET  /health, /ready (gateway/http/probes.py), /metrics
 """
 
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Callable
 
 from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Reply
 from gateway.errors import MethodNotAllowed, NotFound, Unauthorized
+from gateway.http.probes import Probes
 from gateway.payload import Payload
 from gateway.runtime import Gateway, Incoming, serve_call
 
@@ -41,10 +41,11 @@ class Routes:
     ) -> None:
         self.gateway = gateway
         self.metrics = metrics
-        # With an admin key, /metrics and /ready's detail (backend names and URLs, the
-        # store's errors) are for callers that send it; /ready's status stays open for
-        # load balancers, /health too.
+        # With an admin key, /metrics and the probes' detail (backend names and URLs, the
+        # store's errors) are for callers that send it; the probes' status stays open
+        # for load balancers and orchestrators.
         self.admin_key = admin_key
+        self.probes = Probes(gateway)
 
     async def dispatch(self, incoming: Incoming) -> tuple[Reply, str]:
         """The reply and the endpoint that made it; raises OpenAIError."""
@@ -62,10 +63,10 @@ class Routes:
             return await serve_call(self.gateway, PASSTHROUGH, _forwarded(incoming)), PASSTHROUGH
         if path == "/health":
             _method(incoming, "GET")
-            return Reply(body=Payload.of({"status": "ok"})), "health"
+            return self.probes.health(self._is_admin(incoming)), "health"
         if path == "/ready":
             _method(incoming, "GET")
-            return await self._ready(self._is_admin(incoming)), "ready"
+            return await self.probes.ready(self._is_admin(incoming)), "ready"
         if path == "/metrics" and self.metrics is not None:
             _method(incoming, "GET")
             if not self._is_admin(incoming):
@@ -108,31 +109,6 @@ class Routes:
             return True
         sent = incoming.headers.get("authorization", "")
         return hmac.compare_digest(sent.encode(), f"Bearer {self.admin_key}".encode())
-
-    async def _ready(self, detail: bool = True) -> Reply:
-        """Readiness: every model has a backend whose breaker lets calls through and that
-        says it is ready; 503 with the per-model picture otherwise."""
-        gw = self.gateway
-        now = time.monotonic()
-        checks = {}
-        for b in gw.backends():
-            checks[b.id] = b.breaker.available(now) and await b.client.ready()
-        models = {
-            name: any(checks[b.id] for g in t.groups for b in g.backends)
-            for name, t in gw.targets.items()
-        }
-        ok = all(models.values())
-        # A failing store does not make the gateway unready (caches step aside, requests go
-        # on) but it is worth a look: "degraded".
-        store_ok = await gw.store.check()
-        status = ("ready" if store_ok else "degraded") if ok else "unavailable"
-        payload: dict[str, object] = {"status": status}
-        if detail:
-            error = None if store_ok else gw.store.last_error  # no stale error once it is back
-            payload["models"] = models
-            payload["backends"] = checks
-            payload["store"] = {"kind": gw.store.kind, "ok": store_ok, "error": error}
-        return Reply(body=Payload.of(payload), status=200 if ok else 503)
 
 
 def _forwarded(incoming: Incoming) -> Incoming:

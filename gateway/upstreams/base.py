@@ -27,4 +27,10 @@ class Upstream(Protocol):
         """Whether the upstream can take requests now."""
         ...
 
+    def alive(self) -> bool:
+        """False when a part of this process that serves it has died (an in-process
+        engine's step loop): the process needs a restart, and /health says so. A remote
+        server that does not answer is not that: it is readiness (`ready`)."""
+        ...
+
     async def close(self) -> None: ...

@@ -73,7 +73,10 @@ class EngineUpstream:
         return config.max_num_seqs, self.engine.blocks.num_blocks * config.block_size
 
     async def ready(self) -> bool:
-        return True
+        return self.engine.alive
+
+    def alive(self) -> bool:
+        return self.engine.alive
 
     async def close(self) -> None:
         await asyncio.to_thread(self.engine.shutdown)

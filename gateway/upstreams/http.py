@@ -150,6 +150,9 @@ class HttpUpstream:
             return False
         return response.status_code < 500
 
+    def alive(self) -> bool:
+        return True  # nothing of this process can die here; an outage is readiness
+
     async def close(self) -> None:
         await self._transport.aclose()
 

@@ -18,7 +18,7 @@ from tests.serving import MODEL_ID, TEST_KV_CACHE_GB, start_serve, stop
 def _running(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith("llm_engine:num_requests_running"):
+        if line.startswith("vllm:num_requests_running"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

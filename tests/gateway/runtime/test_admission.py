@@ -91,6 +91,7 @@ def test_the_engine_refuses_past_its_bound_and_reports_queue_time(
 
         assert asyncio.run(two()) == [200, 503]  # one runs, the other is refused at once
         metrics = httpx.get(url + "/metrics").text
-        assert "llm_engine:request_queue_time_seconds_count 1.0" in metrics
+        queued = f'vllm:request_queue_time_seconds_count{{model_name="{MODEL_ID}"}} 1.0'
+        assert queued in metrics
     finally:
         stop(proc, 10)

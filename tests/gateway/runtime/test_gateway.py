@@ -152,9 +152,12 @@ def test_readiness_is_separate_from_liveness(
     models = model_route(["up"], name="m") + model_route(["down"], name="n")
     url = gateway(gateway_config({"up": [mock_upstream()], "down": [_unreachable()]}, models))
     assert httpx.get(url + "/health").status_code == 200
-    ready = httpx.get(url + "/ready")
-    assert ready.status_code == 503
+    ready = httpx.get(url + "/ready")  # ready: model m can be served
+    assert ready.status_code == 200
     assert ready.json()["models"] == {"m": True, "n": False}
+    body = {"model": "n", "messages": [{"role": "user", "content": "hi"}]}
+    unserved = httpx.post(url + "/v1/chat/completions", json=body, timeout=10)
+    assert unserved.status_code in (502, 503)  # the model without a backend answers itself
 
 
 def test_metrics_count_requests_plugins_and_backends(

@@ -19,18 +19,29 @@ from tests.serving import MODEL_ID
 def test_engine_metrics_are_exposed(client: openai.OpenAI, server_url: str) -> None:
     client.chat.completions.create(model=MODEL_ID, messages=CAPITAL, temperature=0, max_tokens=4)
     body = httpx.get(server_url + "/metrics").text
+    # vLLM's names, each series labelled with the served model's name, so vLLM's
+    # dashboards and autoscaling rules read this engine unchanged.
+    label = f'model_name="{MODEL_ID}"'
+    lines = body.splitlines()
     for name in (
-        "llm_engine:num_requests_running",
-        "llm_engine:num_requests_waiting",
-        "llm_engine:kv_cache_usage_perc",
-        "llm_engine:prefix_cache_queries_total",
-        "llm_engine:prefix_cache_hits_total",
-        "llm_engine:time_to_first_token_seconds_bucket",
-        "llm_engine:inter_token_latency_seconds_bucket",
-        "llm_engine:e2e_request_latency_seconds_count",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_count",
+        "vllm:request_prefill_time_seconds_count",
+        "vllm:request_decode_time_seconds_count",
+        "vllm:request_prompt_tokens_bucket",
+        "vllm:request_generation_tokens_bucket",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
     ):
-        assert name in body, name
-    length = 'llm_engine:request_success_total{finished_reason="length"}'
+        assert any(ln.startswith(name + "{") and label in ln for ln in lines), name
+    length = f'vllm:request_success_total{{finished_reason="length",model_name="{MODEL_ID}"}}'
     success = [line for line in body.splitlines() if line.startswith(length)]
     assert success and float(success[0].split()[-1]) >= 1
 
@@ -43,7 +54,7 @@ def _metric(server_url: str, prefix: str) -> float:
 
 
 def test_client_disconnect_aborts_the_generation(server_url: str) -> None:
-    aborted = 'llm_engine:request_success_total{finished_reason="abort"}'
+    aborted = f'vllm:request_success_total{{finished_reason="abort",model_name="{MODEL_ID}"}}'
     before = _metric(server_url, aborted)
     body = {"model": MODEL_ID, "messages": STORY, "stream": True, "max_tokens": 4000,
             "temperature": 0, "ignore_eos": True}  # fmt: skip
@@ -57,13 +68,13 @@ def test_client_disconnect_aborts_the_generation(server_url: str) -> None:
     while _metric(server_url, aborted) < before + 1:
         assert time.monotonic() < deadline, "the generation was not aborted"
         time.sleep(0.05)
-    assert _metric(server_url, "llm_engine:num_requests_running") == 0
-    assert _metric(server_url, "llm_engine:kv_cache_usage_perc") == 0
+    assert _metric(server_url, "vllm:num_requests_running") == 0
+    assert _metric(server_url, "vllm:kv_cache_usage_perc") == 0
 
 
 def test_a_client_leaving_a_non_streamed_request_aborts_it(server_url: str) -> None:
     """Nothing is being written to this client yet: the gateway still notices it left."""
-    aborted = 'llm_engine:request_success_total{finished_reason="abort"}'
+    aborted = f'vllm:request_success_total{{finished_reason="abort",model_name="{MODEL_ID}"}}'
     before = _metric(server_url, aborted)
     request = {"model": MODEL_ID, "messages": STORY, "max_tokens": 4000, "temperature": 0}
     body = json.dumps({**request, "ignore_eos": True}).encode()
@@ -76,7 +87,7 @@ def test_a_client_leaving_a_non_streamed_request_aborts_it(server_url: str) -> N
         )
         sock.sendall(head.encode() + body)
         deadline = time.monotonic() + 15
-        while _metric(server_url, "llm_engine:num_requests_running") < 1:
+        while _metric(server_url, "vllm:num_requests_running") < 1:
             assert time.monotonic() < deadline, "the request never started"
             time.sleep(0.05)
     # The socket is closed: 4,000 tokens would take minutes; the request must be dropped.
@@ -84,7 +95,7 @@ def test_a_client_leaving_a_non_streamed_request_aborts_it(server_url: str) -> N
     while _metric(server_url, aborted) < before + 1:
         assert time.monotonic() < deadline, "the generation was not aborted"
         time.sleep(0.05)
-    assert _metric(server_url, "llm_engine:num_requests_running") == 0
+    assert _metric(server_url, "vllm:num_requests_running") == 0
 
 
 PASSAGE = (
@@ -101,7 +112,7 @@ def test_speculative_request_reports_its_guesses(
     kwargs = {"model": MODEL_ID, "messages": messages, "max_tokens": 40, "temperature": 0}
     plain = client.chat.completions.create(**kwargs)  # the server's default here: off
     assert plain.usage is not None and plain.usage.completion_tokens_details is None
-    drafted_before = _metric(server_url, "llm_engine:spec_decode_num_draft_tokens_total")
+    drafted_before = _metric(server_url, "vllm:spec_decode_num_draft_tokens_total")
     if stream:
         chunks = list(
             client.chat.completions.create(
@@ -123,7 +134,7 @@ def test_speculative_request_reports_its_guesses(
     assert usage is not None and usage.completion_tokens_details is not None
     details = usage.completion_tokens_details
     assert details.accepted_prediction_tokens > 10
-    drafted = _metric(server_url, "llm_engine:spec_decode_num_draft_tokens_total")
+    drafted = _metric(server_url, "vllm:spec_decode_num_draft_tokens_total")
     assert drafted - drafted_before == (
         details.accepted_prediction_tokens + details.rejected_prediction_tokens
     )
