@@ -73,6 +73,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="default: [server] port, else 8000")
     add_section_flags(p, EngineSection)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format", default="text", choices=["text", "json"],
+        help="json: one JSON object per line (access lines carry their fields)",
+    )  # fmt: skip
 
 
 def _engine_section(args: argparse.Namespace, config: GatewayConfig) -> EngineSection:
@@ -110,11 +114,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.config import ConfigError, load_config
     from gateway.http import EdgeLimits, create_app
+    from gateway.logs import configure, summary
     from gateway.runtime import Gateway
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -138,7 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
         if wants_engine:
             print("llm-gateway: --workers needs a config without the engine", file=sys.stderr)
             return 1
-        hand_config_to_workers(args.config)
+        hand_config_to_workers(args.config, args.log_level, args.log_format)
         print(f"llm-gateway: {args.workers} workers at http://{host}:{port}/v1", file=sys.stderr)
         uvicorn.run(
             "gateway.cli:worker_app",
@@ -147,6 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             log_level=args.log_level,
+            log_config=None,  # the workers log as gateway/logs.py sets them up
             **_server_options(config),
         )
         return 0
@@ -166,10 +170,20 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 1
-    app = create_app(gateway, registry, EdgeLimits.from_config(config.server), admin_key)
+    limits = EdgeLimits.from_config(config.server)
+    app = create_app(gateway, registry, limits, admin_key, config.server.access_log)
+    for line in summary(gateway, config):
+        log.info("%s", line)
     models = ", ".join(gateway.models())
     print(f"llm-gateway: serving {models} at http://{host}:{port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, **_server_options(config))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        log_config=None,  # uvicorn's loggers go through the root's handler (text or JSON)
+        **_server_options(config),
+    )
     return 0
 
 
@@ -214,14 +228,17 @@ def worker_app() -> Edge:
     from prometheus_client import CollectorRegistry
 
     from gateway.config import load_config
-    from gateway.config.environment import worker_config_path
+    from gateway.config.environment import worker_config_path, worker_logging
     from gateway.http import EdgeLimits, create_app
+    from gateway.logs import configure
 
+    configure(*worker_logging())
     registry = CollectorRegistry()
     config = load_config(worker_config_path())
     gateway = _gateway(config, None, None, registry)
     _server_options(config)  # this worker's protocol class gets the limits too
-    return create_app(gateway, registry, EdgeLimits.from_config(config.server), config.admin_key())
+    limits = EdgeLimits.from_config(config.server)
+    return create_app(gateway, registry, limits, config.admin_key(), config.server.access_log)
 
 
 def _start_engine(

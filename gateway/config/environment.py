@@ -11,7 +11,8 @@
     HTTP(S)_PROXY, NO_PROXY       the proxy for an upstream's URL (upstream_proxy)
     HF_HUB_OFFLINE,               default to 1 before the embedding model loads, so no
     TRANSFORMERS_OFFLINE          model hub is ever reached (default_to_offline_hub)
-    LLM_GATEWAY_WORKER_CONFIG     the config file a parent hands its --workers processes
+    LLM_GATEWAY_WORKER_CONFIG,    the config file and logging choice a parent hands its
+    LLM_GATEWAY_WORKER_LOG        --workers processes
 
 Every function takes `environ` (default: this process's) so tests pass their own.
 backend/ reads none of these: the gateway hands the engine its settings
@@ -39,6 +40,7 @@ HOME_VARIABLE = "LLM_GATEWAY_HOME"
 CPU_KERNELS_VARIABLE = "LLM_GATEWAY_CPU_KERNELS"
 COMPILER_VARIABLE = "CXX"
 WORKER_CONFIG_VARIABLE = "LLM_GATEWAY_WORKER_CONFIG"
+WORKER_LOG_VARIABLE = "LLM_GATEWAY_WORKER_LOG"
 OFFLINE_HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -101,10 +103,17 @@ def default_to_offline_hub() -> None:
         os.environ.setdefault(name, "1")
 
 
-def hand_config_to_workers(path: Path) -> None:
+def hand_config_to_workers(path: Path, log_level: str, log_format: str) -> None:
     """uvicorn's --workers start fresh processes that build their own app: they find the
-    parent's config file here (worker_config_path)."""
+    parent's config file and logging choice here (worker_config_path, worker_logging)."""
     os.environ[WORKER_CONFIG_VARIABLE] = str(path.resolve())
+    os.environ[WORKER_LOG_VARIABLE] = f"{log_level}:{log_format}"
+
+
+def worker_logging(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(level, format) the parent chose; info and text when it said nothing."""
+    level, _, fmt = variables(environ).get(WORKER_LOG_VARIABLE, "info:text").partition(":")
+    return level, fmt or "text"
 
 
 def worker_config_path(environ: Mapping[str, str] | None = None) -> Path:

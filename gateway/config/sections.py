@@ -50,6 +50,8 @@ class ServerConfig(Section, frozen=True):
     # With an admin key, /metrics and /ready's detail need `Authorization: Bearer KEY`.
     admin_key: str | None = None
     admin_key_env: str | None = None  # the environment variable that holds it
+    # One line per request (gateway/http/access_log.py); off with access_log = false.
+    access_log: bool = True
 
 
 class BackendConfig(Section, frozen=True):

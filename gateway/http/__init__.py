@@ -18,10 +18,11 @@ def create_app(
     registry: CollectorRegistry | None = None,
     limits: EdgeLimits | None = None,
     admin_key: str | None = None,
+    access_log: bool = True,
 ) -> Edge:
     """The app over `gateway`; `registry` (Prometheus) is served on /metrics when given."""
     if registry is None:
-        return Edge(gateway, limits=limits, admin_key=admin_key)
+        return Edge(gateway, limits=limits, admin_key=admin_key, access_log=access_log)
 
     def render() -> bytes:
         if gateway.metrics is not None:
@@ -30,4 +31,4 @@ def create_app(
             gateway.metrics.store_degraded.labels(store.kind).set(int(store.degraded))
         return generate_latest(registry)
 
-    return Edge(gateway, render, limits, admin_key)
+    return Edge(gateway, render, limits, admin_key, access_log)

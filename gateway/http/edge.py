@@ -22,6 +22,7 @@ from gateway.batch import Batch, use_batch
 from gateway.call import RESPONSES, Reply
 from gateway.errors import OpenAIError, ShuttingDown, TooLarge, error_body, server_error
 from gateway.headers import REQUEST_ID, request_id
+from gateway.http.access_log import AccessRecord
 from gateway.http.limits import EdgeLimits
 from gateway.http.protocol import CLIENT_STATE, ClientState
 from gateway.http.routes import ENDPOINTS, Routes
@@ -50,17 +51,27 @@ class Edge:
         metrics: Callable[[], bytes] | None = None,
         limits: EdgeLimits | None = None,
         admin_key: str | None = None,
+        access_log: bool = True,
     ) -> None:
         """metrics: renders /metrics (Prometheus text); None: no /metrics route.
-        admin_key: what /metrics and /ready's detail ask for (None: open)."""
+        admin_key: what /metrics and /ready's detail ask for (None: open).
+        access_log: one line per request (gateway/http/access_log.py)."""
         self.gateway = gateway
         self.routes = Routes(gateway, metrics, admin_key)
         self.limits = limits or EdgeLimits()
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            if not self.access_log:
+                await self._http(scope, receive, send)
+                return
+            record = AccessRecord(scope["method"], scope["path"])
+            try:
+                await self._http(scope, receive, record.watching(send), record)
+            finally:
+                record.write()
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -82,7 +93,9 @@ class Edge:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(
+        self, scope: Scope, receive: Receive, send: Send, record: AccessRecord | None = None
+    ) -> None:
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:
             headers[k.decode("latin-1").lower()] = v.decode("latin-1")
@@ -104,6 +117,8 @@ class Edge:
             body=body,
             request_id=rid,
         )
+        if record is not None:
+            record.incoming = incoming
         # A client that leaves while its answer is being made cancels the making: the
         # engine drops the request, an upstream's connection is closed. Our protocol
         # (gateway/http/protocol.py) cancels this task itself; under another server a

@@ -39,6 +39,9 @@ class Incoming:
     headers: dict[str, str]  # lower-case names
     body: bytes
     request_id: str
+    # Set as the runtime learns them (the access log reads them).
+    tenant: str | None = None
+    model: str | None = None
 
 
 async def serve_call(
@@ -49,11 +52,12 @@ async def serve_call(
     passthrough request to when its body names none (a stored response's owner)."""
     started = time.perf_counter()
     headers = incoming.headers
-    tenant = gw.auth.tenant(headers.get("authorization"))
+    tenant = incoming.tenant = gw.auth.tenant(headers.get("authorization"))
     if endpoint == EMBEDDINGS and _local_model(gw, incoming) in gw.embedder_names:
         body = await serve_embeddings(gw, incoming.body)
         return Reply(body=Payload.from_bytes(body))
     call = _call(endpoint, incoming, tenant, started, model)
+    incoming.model = call.model
     call.target = gw.target(call.model)
     metrics = gw.metrics
     span = parent = None
