@@ -30,8 +30,9 @@ class GatewayMetrics:
         # labels() costs a lock and a tuple per call; the hot path looks children up here.
         self._children: dict[tuple[Any, ...], Any] = {}
         self.requests = Counter(
-            "llm_gateway_requests", "Requests answered, by model, endpoint and HTTP status.",
-            ["model", "endpoint", "status"], registry=registry,
+            "llm_gateway_requests",
+            "Requests answered, by model, endpoint, HTTP status and tenant.",
+            ["model", "endpoint", "status", "tenant"], registry=registry,
         )  # fmt: skip
         self.latency = Histogram(
             "llm_gateway_request_duration_seconds", "Request to last byte.",
@@ -46,8 +47,8 @@ class GatewayMetrics:
             ["model"], buckets=_OVERHEAD, registry=registry,
         )  # fmt: skip
         self.tokens = Counter(
-            "llm_gateway_tokens", "Tokens reported by upstreams' usage, by kind.",
-            ["model", "kind"], registry=registry,
+            "llm_gateway_tokens", "Tokens reported by upstreams' usage, by kind and tenant.",
+            ["model", "kind", "tenant"], registry=registry,
         )  # fmt: skip
         self.plugin_outcomes = Counter(
             "llm_gateway_plugin_outcomes", "Plugin hook runs: ok, error (failed the request) "
@@ -121,12 +122,12 @@ class GatewayMetrics:
         self._answered(call, status, usage)
 
     def _answered(self, call: Call, status: int, usage: UsageView | None) -> None:
-        c, model, endpoint = self._children, call.model, call.endpoint
-        _child(c, self.requests, model, endpoint, str(status)).inc()
+        c, model, endpoint, tenant = self._children, call.model, call.endpoint, call.tenant
+        _child(c, self.requests, model, endpoint, str(status), tenant).inc()
         _child(c, self.latency, model, endpoint).observe(time.perf_counter() - call.started)
         if usage is not None:
-            _child(c, self.tokens, model, "prompt").inc(usage.prompt)
-            _child(c, self.tokens, model, "completion").inc(usage.completion)
+            _child(c, self.tokens, model, "prompt", tenant).inc(usage.prompt)
+            _child(c, self.tokens, model, "completion", tenant).inc(usage.completion)
 
     def watch_stream(self, call: Call, stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         """The stream, watched for TTFT, usage and how it ended (gateway/observe.py)."""

@@ -172,13 +172,14 @@ def test_metrics_count_requests_plugins_and_backends(
         list(r.iter_lines())
     text = httpx.get(url + "/metrics").text
     assert (
-        'llm_gateway_requests_total{endpoint="chat.completions",model="m",status="200"} 2.0' in text
+        'llm_gateway_requests_total{endpoint="chat.completions",model="m",status="200",tenant="default"} 2.0'
+        in text
     )
     assert (
         'llm_gateway_plugin_outcomes_total{hook="handle",outcome="ok",plugin="routing"} 2.0' in text
     )
     assert f'llm_gateway_upstream_up{{backend="{up}"}} 1.0' in text
-    assert 'llm_gateway_tokens_total{kind="completion",model="m"} 6.0' in text
+    assert 'llm_gateway_tokens_total{kind="completion",model="m",tenant="default"} 6.0' in text
     assert "llm_gateway_time_to_first_token_seconds_count" in text
     assert f'llm_gateway_upstream_requests_total{{backend="{up}",outcome="ok"}} 2.0' in text
 
