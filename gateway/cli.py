@@ -273,6 +273,8 @@ def _start_engine(
         name = served or (model_path.name if model_path.is_dir() else model_path.stem)
     try:
         log.info("loading %s", model_path)
+        # The metrics' model_name label is the name clients use.
+        section = msgspec.structs.replace(section, served_model_name=name)
         engine = Engine.from_config(engine_config(section, model_path, environment))
     except (ValueError, FileNotFoundError) as exc:
         print(f"llm-gateway: cannot load {model_path}: {exc}", file=sys.stderr)
