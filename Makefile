@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 #   make install TORCH='torch==2.13.0 --index-url <your CUDA or CPU wheel index>'
 TORCH  ?= torch==2.13.0
 
-.PHONY: install toolchain deploy-tools model serve test bench lint clean
+.PHONY: install toolchain deploy-tools model serve stack test bench lint clean
 
 install: toolchain $(STAMP) model
 
@@ -49,6 +49,12 @@ model: $(STAMP)
 
 serve: install
 	$(BIN)/llm-gateway serve $(ARGS)
+
+# The compose stack's topology as local processes (no Docker): one Redis, two engine
+# backends, two gateway replicas on :8000 and :8001, backends after them
+# (gateway/testing/stack.py).
+stack: install
+	$(BIN)/python -m gateway.testing.stack $(ARGS)
 
 test: install deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
