@@ -137,7 +137,7 @@ class EngineMetrics:
             self.decode_time.observe(now - req.first_token_time)
         self.prompt_tokens.inc(req.seq.num_prompt_tokens)
         self.request_prompt_tokens.observe(req.seq.num_prompt_tokens)
-        self.request_generation_tokens.observe(len(req.output_token_ids))
+        self.request_generation_tokens.observe(req.seq.num_tokens - req.seq.num_prompt_tokens)
         self.request_success.labels(self.model_name, reason).inc()
 
 

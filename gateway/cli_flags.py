@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
+from gateway.config.load import where_and_what
+
 S = TypeVar("S", bound=msgspec.Struct)
 
 
@@ -25,9 +27,9 @@ def add_section_flags(parser: argparse.ArgumentParser, section: type[msgspec.Str
         group_name = (meta.extra or {}).get("group") if meta is not None else None
         target = parser
         if group_name is not None:
-            target = groups.get(group_name) or groups.setdefault(
-                group_name, parser.add_argument_group(group_name)
-            )
+            if group_name not in groups:
+                groups[group_name] = parser.add_argument_group(group_name)
+            target = groups[group_name]
         help_text = (meta.description or "") if meta is not None else ""
         default = defaults[name]
         if base is bool:
@@ -56,10 +58,10 @@ def section_from_flags(args: argparse.Namespace, section: type[S], base: S | Non
 def flag_error(message: str) -> str:
     """msgspec's "Expected `int` >= 1 - at `$.max_num_seqs`" as "--max-num-seqs: expected
     `int` >= 1"."""
-    what, _, where = message.rpartition(" - at `$.")
-    if not what:
+    where, what = where_and_what(message)
+    if not where:
         return message
-    flag = "--" + where.rstrip("`").split(".")[0].replace("_", "-")
+    flag = "--" + where.split(".")[0].replace("_", "-")
     return f"{flag}: {what[0].lower()}{what[1:]}"
 
 

@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.testing import processes
+from gateway.testing.redis_server import free_port
+
 MODEL_ID = "SmolLM2-135M-Instruct"
 # A KV cache the size the tests need (~5,600 tokens of SmolLM2), not a server's 2 GB.
 TEST_KV_CACHE_GB = 0.25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until_up(
@@ -31,19 +26,10 @@ def wait_until_up(
 ) -> None:
     """Polls GET `url` until it answers 200; fails the test (with the log) if the process
     exits first or `seconds` pass."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if proc.poll() is not None:
-            output = log.read_text() if log else (proc.stderr.read() if proc.stderr else b"")
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{output!r}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not start:\n{log.read_text() if log else ''}")
-        time.sleep(0.05)
+    try:
+        processes.wait_until_up(proc, url, seconds, what, log)
+    except processes.NotUp as exc:
+        pytest.fail(str(exc))
 
 
 def stop(proc: subprocess.Popen[bytes], seconds: float) -> None:

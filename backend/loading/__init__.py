@@ -14,9 +14,9 @@ __getattr__).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from backend.lazy import lazy_getattr
 from backend.loading.model_config import ModelConfig, RopeScaling
 from backend.loading.model_store import (
     DEFAULT_MODEL,
@@ -59,11 +59,4 @@ _LAZY = {
 
 # Hidden from mypy, which reads the TYPE_CHECKING imports above instead.
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
+    __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -17,9 +17,9 @@ the names from self_draft.py and verify.py load on first use (PEP 562 __getattr_
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from backend.lazy import lazy_getattr
 from backend.speculative.acceptance import AcceptanceTracker
 from backend.speculative.config import PROPOSERS, SpeculativeConfig
 from backend.speculative.ngram import NgramIndex, NgramProposer
@@ -52,11 +52,4 @@ _LAZY = {"SelfDraftProposer": "self_draft", "verify_draft": "verify"}
 
 # Hidden from mypy, which reads the TYPE_CHECKING imports above instead.
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
+    __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -54,10 +54,18 @@ def _read(path: Path) -> dict[str, Any]:
 _AT = re.compile(r"^(.*) - at `\$\.?(.*)`$")
 
 
-def _name_key(message: str) -> str:
-    """msgspec says "Object contains unknown field `prot` - at `$.server`": lead with the key."""
+def where_and_what(message: str) -> tuple[str, str]:
+    """A msgspec validation message split into (where, what): "Expected `int` >= 1 - at
+    `$.engine.max_num_seqs`" -> ("engine.max_num_seqs", "Expected `int` >= 1"); where is
+    "" for the top level."""
     match = _AT.match(message)
     what, where = match.groups() if match else (message, "")
+    return where, what
+
+
+def _name_key(message: str) -> str:
+    """msgspec says "Object contains unknown field `prot` - at `$.server`": lead with the key."""
+    where, what = where_and_what(message)
     field = re.search(r"unknown field `([^`]+)`", what)
     if field:
         key = f"{where}.{field.group(1)}" if where else field.group(1)

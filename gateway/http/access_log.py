@@ -53,6 +53,8 @@ class AccessRecord:
         return noted
 
     def write(self) -> None:
+        if not log.isEnabledFor(logging.INFO):  # --log-level warning: no line, no work
+            return
         ms = (time.perf_counter() - self.started) * 1e3
         incoming = self.incoming
         fields = {

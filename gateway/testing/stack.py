@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
+from gateway.testing.processes import wait_until_up
 from gateway.testing.redis_server import RedisProcess, free_port
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -75,7 +74,10 @@ class Stack:
                 self.gateway_urls.append(f"http://127.0.0.1:{port}")
             deadline = time.monotonic() + seconds
             for name, url in self.urls().items():
-                self._wait(name, url + "/health", deadline)
+                left = max(0.0, deadline - time.monotonic())
+                wait_until_up(
+                    self.processes[name], url + "/health", left, name, self.log_path(name)
+                )
         except BaseException:
             self.close()
             raise
@@ -93,8 +95,8 @@ class Stack:
             f'[[models]]\nname = "{MODEL}"\ngroups = ["engines"]\nrouting = "{self.routing}"\n'
         )
 
-    def log(self, name: str) -> str:
-        return (self.folder / f"{name}.log").read_text(errors="replace")
+    def log_path(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
 
     def kill(self, name: str) -> None:
         """Kills one process at once (SIGKILL): a backend that dies under load."""
@@ -117,22 +119,8 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         cmd = [sys.executable, "-m", "gateway.cli", *args, "--log-level", "warning"]
-        with (self.folder / f"{name}.log").open("wb") as out:  # the child keeps its copy
+        with self.log_path(name).open("wb") as out:  # the child keeps its copy
             self.processes[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-
-    def _wait(self, name: str, url: str, deadline: float) -> None:
-        proc = self.processes[name]
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start:\n{self.log(name)}")
-            time.sleep(0.05)
 
 
 def main() -> int:
@@ -145,7 +133,7 @@ def main() -> int:
     with Stack(args.backends, args.gateways, args.routing, args.port) as stack:
         print(f"redis     {stack.redis.url}")
         for name, url in stack.urls().items():
-            print(f"{name:<10}{url}  (log: {stack.folder / name}.log)")
+            print(f"{name:<10}{url}  (log: {stack.log_path(name)})")
         print(f"model     {MODEL}; Ctrl-C stops the stack", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()

@@ -1,6 +1,8 @@
-"""What the engine's tests share: one dequantized SmolLM2 for the whole session (tests
-read it and never change it; the int8 test loads its own copy, which it changes), and
-engine configs with a KV cache the size the tests need instead of a server's 2 GB."""
+"""What the engine's tests share: one dequantized SmolLM2 for the whole session that the
+engines run (an engine attaches our few-row matmul kernel to it; the int8 test loads a
+copy of its own, which it changes further), a second copy no engine runs (for tests of
+plain PyTorch paths), and engine configs with a KV cache the size the tests need instead
+of a server's 2 GB."""
 
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ from tests.serving import TEST_KV_CACHE_GB
 
 @pytest.fixture(scope="session")
 def loaded(smollm2_gguf: Path) -> LoadedModel:
+    return load_model(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def plain_loaded(smollm2_gguf: Path) -> LoadedModel:
+    """A second copy that no Engine ever runs: an engine attaches our few-row matmul
+    kernel to the model it is given (LlamaModel.enable_skinny_linear), and the runner
+    and proposer tests compare plain PyTorch paths."""
     return load_model(smollm2_gguf)
 
 

@@ -13,14 +13,12 @@ sequence run alone through one plain prefill.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from backend.attention import AttentionMetadata
 from backend.blocks import BlockManager
-from backend.loading.weights import LoadedModel, load_model
+from backend.loading.weights import LoadedModel
 from backend.model import LlamaModel
 from backend.runner import ModelRunner, StepOutput
 from backend.scheduler import ScheduledBatch
@@ -44,15 +42,8 @@ TEXTS = [  # 5 to 45 tokens: prompts within one block, and over three
 
 
 @pytest.fixture(scope="module")
-def loaded(smollm2_gguf: Path) -> LoadedModel:
-    """A copy of the model of this module's own: an engine attaches our few-row matmul
-    kernel to the model it runs, and these tests compare plain PyTorch paths."""
-    return load_model(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def prompts(loaded: LoadedModel) -> list[list[int]]:
-    return [loaded.tokenizer.encode(t) for t in TEXTS]
+def prompts(plain_loaded: LoadedModel) -> list[list[int]]:
+    return [plain_loaded.tokenizer.encode(t) for t in TEXTS]
 
 
 class Harness:
@@ -109,9 +100,9 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 def test_decode_rows_come_before_prefill_rows(
-    loaded: LoadedModel, prompts: list[list[int]]
+    plain_loaded: LoadedModel, prompts: list[list[int]]
 ) -> None:
-    model, h = loaded.model, Harness(loaded.model)
+    model, h = plain_loaded.model, Harness(plain_loaded.model)
     a, b, c = (h.admit(p) for p in prompts[:3])
     first = h.step((a, a.num_tokens))
     a.append_token(int(first.logits[0].argmax()))
@@ -126,9 +117,9 @@ def test_decode_rows_come_before_prefill_rows(
 
 
 def test_a_prompt_part_way_through_its_prefill_gets_no_logits(
-    loaded: LoadedModel, prompts: list[list[int]]
+    plain_loaded: LoadedModel, prompts: list[list[int]]
 ) -> None:
-    model, h = loaded.model, Harness(loaded.model)
+    model, h = plain_loaded.model, Harness(plain_loaded.model)
     short, long = h.admit(prompts[0]), h.admit(prompts[1])
     n = long.num_tokens
     assert n > 2 * BLOCK, "the long prompt needs three chunks, across blocks"
@@ -143,9 +134,9 @@ def test_a_prompt_part_way_through_its_prefill_gets_no_logits(
 
 
 def test_guesses_get_one_row_each_equal_to_feeding_them_one_at_a_time(
-    loaded: LoadedModel, prompts: list[list[int]]
+    plain_loaded: LoadedModel, prompts: list[list[int]]
 ) -> None:
-    model = loaded.model
+    model = plain_loaded.model
     prompt = prompts[2]
     right = greedy(model, prompt, 4)
     draft = [*right[1:3], right[3] + 1]  # two right guesses, then a wrong one
@@ -177,11 +168,11 @@ def test_guesses_get_one_row_each_equal_to_feeding_them_one_at_a_time(
 
 
 def test_a_mixed_batch_equals_each_sequence_run_alone(
-    loaded: LoadedModel, prompts: list[list[int]]
+    plain_loaded: LoadedModel, prompts: list[list[int]]
 ) -> None:
     """One step holding a decode, a verify with guesses, the last chunk of a chunked
     prefill and a whole prompt: every row as if each sequence had run by itself."""
-    model, h = loaded.model, Harness(loaded.model)
+    model, h = plain_loaded.model, Harness(plain_loaded.model)
     dec, ver, chunked, fresh = (h.admit(p) for p in prompts)
     h.step((dec, dec.num_tokens), (ver, ver.num_tokens), (chunked, BLOCK + 3))
     dec.append_token(greedy(model, dec.token_ids, 1)[0])

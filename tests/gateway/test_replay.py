@@ -11,6 +11,7 @@ import pytest
 
 from gateway.payload import Chunk, Payload
 from gateway.replay import Assembler, is_usage_only, record, replay
+from tests.gateway.sources import Source
 
 pytestmark = pytest.mark.anyio
 
@@ -197,24 +198,6 @@ def test_only_a_chunk_with_usage_and_no_choices_is_usage_only() -> None:
     assert not is_usage_only(Chunk.received(b"not json", b"data: not json\n\n"))
 
 
-class Upstream:
-    """A real async generator over `chunks`, optionally failing after them; notes
-    whether it was closed (its `finally` ran)."""
-
-    def __init__(self, chunks: list[Chunk], fail: bool = False) -> None:
-        self.chunks, self.fail = chunks, fail
-        self.closed = False
-
-    async def __call__(self) -> AsyncIterator[Chunk]:
-        try:
-            for chunk in self.chunks:
-                yield chunk
-            if self.fail:
-                raise ConnectionError("upstream died")
-        finally:
-            self.closed = True
-
-
 class Kept:
     def __init__(self) -> None:
         self.bodies: list[Payload] = []
@@ -225,14 +208,14 @@ class Kept:
 
 async def test_record_passes_chunks_on_and_keeps_a_clean_complete_stream_once() -> None:
     chunks, kept = _tool_stream(), Kept()
-    got = [c async for c in record(Upstream(chunks)(), kept)]
+    got = [c async for c in record(Source(chunks)(), kept)]
     assert all(a is b for a, b in zip(got, chunks, strict=True))  # passed on unchanged
     (body,) = kept.bodies
     assert body.data == _assemble(chunks).body()
 
 
 async def test_record_keeps_nothing_when_the_stream_fails_midway() -> None:
-    kept, upstream = Kept(), Upstream(_tool_stream(), fail=True)
+    kept, upstream = Kept(), Source(_tool_stream(), fail=ConnectionError("upstream died"))
     got = []
     with pytest.raises(ConnectionError):
         async for chunk in record(upstream(), kept):
@@ -243,13 +226,13 @@ async def test_record_keeps_nothing_when_the_stream_fails_midway() -> None:
 
 async def test_record_keeps_nothing_for_a_stream_that_ends_cut_off() -> None:
     kept = Kept()
-    got = [c async for c in record(Upstream(_tool_stream()[:4])(), kept)]
+    got = [c async for c in record(Source(_tool_stream()[:4])(), kept)]
     assert len(got) == 4 and kept.bodies == []
 
 
 @pytest.mark.parametrize("read", [1, len(_tool_stream())])
 async def test_record_keeps_nothing_when_the_consumer_closes_it_early(read: int) -> None:
-    kept, upstream = Kept(), Upstream(_tool_stream())
+    kept, upstream = Kept(), Source(_tool_stream())
     stream = record(upstream(), kept)
     for _ in range(read):  # all chunks read still leaves the stream's end unseen
         await anext(stream)

@@ -14,25 +14,9 @@ from gateway.errors import SERVER_ERROR_MESSAGE, InvalidRequest, OpenAIError
 from gateway.payload import Chunk
 from gateway.sse import DONE, encode_sse, frame
 from gateway.upstreams.sse_reader import EventReader
+from tests.gateway.sources import Source
 
 pytestmark = pytest.mark.anyio
-
-
-class Source:
-    """Chunks as an async generator; notes whether its `finally` ran (it was closed)."""
-
-    def __init__(self, chunks: list[Chunk], fail: Exception | None = None) -> None:
-        self.chunks, self.fail = chunks, fail
-        self.closed = False
-
-    async def __call__(self) -> AsyncIterator[Chunk]:
-        try:
-            for chunk in self.chunks:
-                yield chunk
-            if self.fail is not None:
-                raise self.fail
-        finally:
-            self.closed = True
 
 
 async def _all(frames: AsyncIterator[bytes]) -> list[bytes]:

@@ -13,14 +13,12 @@ at construction, `calibrate` sets the cost of one guessing pass.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from backend.attention import AttentionMetadata
 from backend.blocks import BlockManager
-from backend.loading.weights import LoadedModel, load_model
+from backend.loading.weights import LoadedModel
 from backend.model import LlamaModel
 from backend.runner import ModelRunner
 from backend.scheduler import ScheduledBatch
@@ -39,20 +37,13 @@ TEXTS = [  # different lengths: guesses from different positions, across a block
 
 
 @pytest.fixture(scope="module")
-def loaded(smollm2_gguf: Path) -> LoadedModel:
-    """A copy of the model of this module's own: an engine attaches our few-row matmul
-    kernel to the model it runs, and these tests compare plain PyTorch paths."""
-    return load_model(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def prompts(loaded: LoadedModel) -> list[list[int]]:
-    return [loaded.tokenizer.encode(t) for t in TEXTS]
+def prompts(plain_loaded: LoadedModel) -> list[list[int]]:
+    return [plain_loaded.tokenizer.encode(t) for t in TEXTS]
 
 
 @pytest.fixture
-def runner(loaded: LoadedModel) -> ModelRunner:
-    return ModelRunner(loaded.model, NUM_BLOCKS, BLOCK, torch.float32, torch.device("cpu"))
+def runner(plain_loaded: LoadedModel) -> ModelRunner:
+    return ModelRunner(plain_loaded.model, NUM_BLOCKS, BLOCK, torch.float32, torch.device("cpu"))
 
 
 def decoding(runner: ModelRunner, prompts: list[list[int]], drafts: list[int]) -> list[Sequence]:
@@ -89,37 +80,37 @@ def cut_greedy(model: LlamaModel, token_ids: list[int], count: int, layers: int)
 
 @pytest.mark.parametrize("layers", [6, 29])
 def test_guesses_are_the_cut_models_greedy_continuation(
-    loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner, layers: int
+    plain_loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner, layers: int
 ) -> None:
     (seq,) = decoding(runner, prompts[1:2], [5])
     SelfDraftProposer(runner, layers).fill([seq])
-    assert seq.draft == cut_greedy(loaded.model, seq.token_ids, 5, layers)
+    assert seq.draft == cut_greedy(plain_loaded.model, seq.token_ids, 5, layers)
 
 
 def test_at_full_depth_the_guesses_are_the_models_own_greedy_continuation(
-    loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner
+    plain_loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner
 ) -> None:
     """The constructor refuses full depth (it would cost what the model costs); past
     that guard, the same passes reproduce the model: guessing through the target's own
     cache adds nothing of its own."""
-    total = loaded.config.num_layers
+    total = plain_loaded.config.num_layers
     proposer = SelfDraftProposer(runner, total - 1)
     proposer.num_layers = total
     (seq,) = decoding(runner, prompts[2:3], [6])
-    want = cut_greedy(loaded.model, seq.token_ids, 6, total)
+    want = cut_greedy(plain_loaded.model, seq.token_ids, 6, total)
     proposer.fill([seq])
     assert seq.draft == want
 
 
 def test_each_sequence_gets_as_many_guesses_as_placeholders_as_if_alone(
-    loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner
+    plain_loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner
 ) -> None:
     layers = 8
     seqs = decoding(runner, prompts, [4, 0, 2])
     SelfDraftProposer(runner, layers).fill(seqs)
     assert [len(s.draft) for s in seqs] == [4, 0, 2]  # k at most, none for k = 0
     for seq in seqs:
-        assert seq.draft == cut_greedy(loaded.model, seq.token_ids, len(seq.draft), layers)
+        assert seq.draft == cut_greedy(plain_loaded.model, seq.token_ids, len(seq.draft), layers)
 
 
 def test_no_placeholders_no_guesses_and_the_cache_untouched(
@@ -133,7 +124,7 @@ def test_no_placeholders_no_guesses_and_the_cache_untouched(
 
 
 def test_it_writes_only_its_layers_slots_and_verification_sees_the_guesses(
-    loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner
+    plain_loaded: LoadedModel, prompts: list[list[int]], runner: ModelRunner
 ) -> None:
     layers, k = 8, 4
     (seq,) = decoding(runner, prompts[1:2], [k])  # the guesses cross into a new block
@@ -156,18 +147,20 @@ def test_it_writes_only_its_layers_slots_and_verification_sees_the_guesses(
     out = runner.execute(batch)
     fed = seq.token_ids + seq.draft
     n = len(fed)
-    kv = loaded.model.allocate_kv_cache(-(-n // BLOCK), BLOCK, torch.float32, torch.device("cpu"))
+    kv = plain_loaded.model.allocate_kv_cache(
+        -(-n // BLOCK), BLOCK, torch.float32, torch.device("cpu")
+    )
     with torch.inference_mode():
         meta = AttentionMetadata.single_prefill(n, BLOCK)
-        hidden = loaded.model.forward(torch.tensor(fed), torch.arange(n), meta, kv)
-        want = loaded.model.compute_logits(hidden[-1 - k :])
+        hidden = plain_loaded.model.forward(torch.tensor(fed), torch.arange(n), meta, kv)
+        want = plain_loaded.model.compute_logits(hidden[-1 - k :])
     torch.testing.assert_close(out.logits, want, atol=2e-4, rtol=1e-4)
 
 
 def test_it_guesses_after_scheduling_and_refuses_full_depth(
-    loaded: LoadedModel, runner: ModelRunner
+    plain_loaded: LoadedModel, runner: ModelRunner
 ) -> None:
-    total = loaded.config.num_layers
+    total = plain_loaded.config.num_layers
     for layers in (total, total + 1):
         with pytest.raises(ValueError, match="self_draft_layers"):
             SelfDraftProposer(runner, layers)
