@@ -123,7 +123,10 @@ class UpstreamError(OpenAIError):
     circuit-breaking decisions read; retry_after: its Retry-After, in seconds; headers:
     the upstream's headers on the expose list, passed back to the client; delivered:
     whether the request may have reached the upstream (False only when it failed before
-    anything was sent: then, and only then, a request without an answer may be retried)."""
+    anything was sent); lost: the upstream closed the connection before answering
+    anything (no status line; for a stream, no event): it died or restarted. A request
+    without an answer is retried elsewhere only when not delivered, or lost (routing's
+    `retry_lost`); a timed-out one never is: its upstream may still be working on it."""
 
     status_code = 502
     error_type = "server_error"
@@ -140,12 +143,14 @@ class UpstreamError(OpenAIError):
         code: str | None = None,
         headers: dict[str, str] | None = None,
         delivered: bool = True,
+        lost: bool = False,
     ) -> None:
         super().__init__(message, param=param, code=code, headers=headers)
         self.status_code = status_code
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.delivered = delivered
+        self.lost = lost
         if error_type is not None:
             self.error_type = error_type
 

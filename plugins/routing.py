@@ -4,12 +4,13 @@ backend's circuit breaker (policies/circuit_breaker.py) and in-flight count curr
 
 Per call: candidates are the group's backends whose breaker lets calls through; the
 policy picks one; the call goes on (`call_next`) with that backend in
-`call.state["backend"]`. An upstream error with a status worth retrying (no answer,
-429, 5xx; never another 4xx: policies/retry.py) is retried on another backend while the
-retry budget allows, then on the next group. A 429/503's Retry-After keeps the backend
-out for that long. Streams count as in flight until they end; a stream that breaks
-mid-answer counts as a failure of its backend (it cannot be retried: the client already
-has part of the answer).
+`call.state["backend"]`. An upstream error worth retrying (429, 5xx, a request never
+sent, or one whose backend dropped the connection before answering anything: it died;
+`retry_lost=False` leaves those out; never a timeout or another 4xx: policies/retry.py)
+is retried on another backend while the retry budget allows, then on the next group.
+A 429/503's Retry-After keeps the backend out for that long. Streams count as in flight
+until they end; a stream that breaks mid-answer counts as a failure of its backend (it
+cannot be retried: the client already has part of the answer).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ class Routing(Plugin):
         failure_threshold: int = 5,
         ejection_base_s: float = 1.0,
         ejection_max_s: float = 60.0,
+        retry_lost: bool = True,
     ) -> None:
         self.max_attempts = max_attempts
+        self.retry_lost = retry_lost
         self.block_chars = prefix_block_chars
         self.max_blocks = prefix_max_blocks
         self.load_factor = load_factor
@@ -138,9 +141,9 @@ class Routing(Plugin):
                     self._failed(backend, exc)
                     last = exc
                     attempt += 1
-                    if not should_retry(
-                        exc.upstream_status, attempt, self.max_attempts, exc.delivered
-                    ):
+                    lost = exc.lost and self.retry_lost
+                    status = exc.upstream_status
+                    if not should_retry(status, attempt, self.max_attempts, exc.delivered, lost):
                         raise
                     if not self.budget.try_spend(time.monotonic()):
                         raise

@@ -12,21 +12,30 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def should_retry(
-    status: int | None, attempt: int, max_attempts: int, delivered: bool = True
+    status: int | None,
+    attempt: int,
+    max_attempts: int,
+    delivered: bool = True,
+    lost: bool = False,
 ) -> bool:
     """status: the upstream's HTTP status, None when it never answered. attempt: attempts
-    made so far. delivered: whether the request may have reached the upstream.
+    made so far. delivered: whether the request may have reached the upstream. lost: the
+    upstream closed the connection before answering anything (the caller passes False
+    when it does not retry those).
 
     An answer that reports a failure or a refusal (408, 429, 5xx) may be tried elsewhere:
-    the upstream said it did not do the work. No answer at all is retried only when the
-    request was never sent (connect failure, no free connection): a request that was
-    written and then met a timeout or a closed connection may have been read, and sending
-    it again could do the work (and bill it) twice. Never retries other 4xx: the request
-    itself is wrong and would fail anywhere."""
+    the upstream said it did not do the work. No answer at all is retried when the request
+    was never sent (connect failure, no free connection), or when the upstream dropped the
+    connection without a byte of answer: a backend that died or restarted, whose work died
+    with it (an inference request changes nothing upstream; at worst a billed upstream
+    that crashed after the work counts it twice, which is why the caller may turn this
+    off). A timeout is never retried: the upstream may still be working on the request,
+    and sending it again would double the load of an upstream already too slow. Never
+    retries other 4xx: the request itself is wrong and would fail anywhere."""
     if attempt >= max_attempts:
         return False
     if status is None:
-        return not delivered
+        return not delivered or lost
     return status in RETRYABLE
 
 

@@ -145,12 +145,23 @@ class EngineUpstream:
                 system_fingerprint=self.fingerprint,
             )  # fmt: skip
 
-        for i in range(len(streams)):
-            yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        def roles() -> list[ChatCompletionChunk]:
+            role = ChatDelta(role="assistant", content="")
+            return [chunk([ChatChunkChoice(index=i, delta=role)]) for i in range(len(streams))]
+
         totals = [Choice() for _ in streams]
         prompt_tokens = 0  # n choices of one prompt: counted once
+        started = False
         async with contextlib.aclosing(merge(streams)) as merged:  # aborts on early exit
             async for i, delta in merged:
+                if not started:
+                    # The role chunks go with the first token, not at admission (as vLLM):
+                    # the first event then means the answer has begun (clients time their
+                    # first token by it), and a request still queued when its server dies
+                    # has sent nothing, so a gateway in front may send it elsewhere.
+                    started = True
+                    for role in roles():
+                        yield role
                 prompt_tokens = delta.prompt_tokens
                 totals[i].count(delta)
                 logprobs = None
@@ -167,6 +178,9 @@ class EngineUpstream:
                         index=i, delta=ChatDelta(), finish_reason=delta.finish_reason
                     )
                     yield chunk([end])
+        if not started:
+            for role in roles():
+                yield role
         if include_usage:
             yield chunk([], usage_of(prompt_tokens, totals))
 

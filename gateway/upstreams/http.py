@@ -14,14 +14,17 @@ or our own `llm-gateway backend`), over one pooled HTTP/1.1 transport per backen
   on retries and circuit breaking.
 - Streams: an error event, a broken connection, or an end without `[DONE]` (for the
   Responses API: without its final event) raises, so the client's stream ends with an
-  error event, never a silent 200. Closing the stream (client gone) closes the upstream
-  connection, which is how an OpenAI-compatible server learns to stop generating.
+  error event, never a silent 200. The first event is awaited before the answer goes
+  back: an upstream that fails before it fails the call, which routing may retry on
+  another backend (a backend killed with requests queued loses none of them). Closing
+  the stream (client gone) closes the upstream connection, which is how an
+  OpenAI-compatible server learns to stop generating.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -54,6 +57,9 @@ _PATHS = {
 }
 # Failures before anything was written: the request never reached the upstream.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# Failures after sending that mean the connection broke (reset, closed, garbled), unlike
+# a timeout, which may mean the upstream is still working.
+_DROPPED = (httpx.NetworkError, httpx.RemoteProtocolError)
 # How a Responses API stream ends when it ends properly (it has no [DONE]).
 _RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _JSON = "application/json"
@@ -125,11 +131,16 @@ class HttpUpstream:
             )  # fmt: skip
         if call.stream:
             events = self._events(response, need_done=call.endpoint != RESPONSES)
-            return Reply(stream=events, headers=reply_headers)
+            # The first event is awaited here: an upstream that fails before it (it died
+            # with the request queued, or its first event is an error) fails the call, where
+            # routing may still send it elsewhere and the client gets a plain error answer.
+            first = await anext(events, None)
+            stream = events if first is None else Resumed(first, events)
+            return Reply(stream=stream, headers=reply_headers)
         try:
             raw = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
+            raise self._transport_error(exc, answered=True) from None
         finally:
             await response.aclose()
         payload = Payload.from_bytes(raw)
@@ -211,12 +222,13 @@ class HttpUpstream:
         finally:
             await response.aclose()
 
-    async def _events(self, response: httpx.Response, need_done: bool) -> AsyncIterator[Chunk]:
+    async def _events(self, response: httpx.Response, need_done: bool) -> AsyncGenerator[Chunk]:
         """The upstream's events as they arrive. The events of one socket read are one
         burst for the edge's batch (gateway/batch.py). Reads on past `[DONE]` to the
         body's end, so the connection goes back to the pool rather than being closed."""
         reader = EventReader()
         finished = False
+        yielded = False  # an error before the first event: the upstream answered nothing
         batch = current_batch()
         try:
             async for data in response.stream:  # type: ignore[union-attr]
@@ -230,11 +242,12 @@ class HttpUpstream:
                     if not need_done and _ends_response(chunk):
                         finished = True
                     yield chunk
+                    yielded = True
                 if burst:
                     await batch.release()  # type: ignore[union-attr]
         except httpx.HTTPError as exc:
             if not (reader.done if need_done else finished):
-                raise self._transport_error(exc, mid_stream=True) from None
+                raise self._transport_error(exc, mid_stream=yielded) from None
             # the answer was complete; only the connection's end was not clean
         finally:
             await response.aclose()
@@ -242,13 +255,18 @@ class HttpUpstream:
             raise UpstreamError(
                 f"upstream {self.name} ended the stream before it was complete",
                 code="upstream_stream_cut",
+                lost=not yielded,
             )
 
-    def _transport_error(self, exc: httpx.HTTPError, mid_stream: bool = False) -> UpstreamError:
+    def _transport_error(
+        self, exc: httpx.HTTPError, mid_stream: bool = False, answered: bool = False
+    ) -> UpstreamError:
         """No answer: 503 or 504. `delivered` says whether the request may have reached
-        the upstream (anything after connecting): such a request is never sent again."""
+        the upstream (anything after connecting); `lost`, whether the upstream dropped the
+        connection before answering anything (answered: its status line had come)."""
         where = " mid-stream" if mid_stream else ""
         delivered = mid_stream or not isinstance(exc, _NOT_SENT)
+        lost = delivered and not (mid_stream or answered) and isinstance(exc, _DROPPED)
         if isinstance(exc, httpx.PoolTimeout):
             return UpstreamError(
                 f"upstream {self.name}: all connections busy", status_code=503,
@@ -264,6 +282,7 @@ class HttpUpstream:
             status_code=503,
             code="upstream_unavailable",
             delivered=delivered,
+            lost=lost,
         )
 
     def _status_error(
@@ -291,6 +310,34 @@ class HttpUpstream:
             code=code,
             headers=exposed,
         )
+
+
+class Resumed:
+    """A stream whose first chunk was read ahead: gives it, then the rest as they come
+    (no generator layer: after the first, each step is the inner stream's own)."""
+
+    __slots__ = ("_first", "_rest")
+
+    def __init__(self, first: Chunk, rest: AsyncGenerator[Chunk]) -> None:
+        self._first: Chunk | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> Resumed:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        first = self._first
+        if first is None:
+            return self._rest.__anext__()
+        self._first = None
+        return _now(first)
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
+
+
+async def _now(chunk: Chunk) -> Chunk:
+    return chunk
 
 
 def _ends_response(chunk: Chunk) -> bool:

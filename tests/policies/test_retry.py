@@ -11,10 +11,12 @@ def test_retries_answers_that_report_a_failure(status: int) -> None:
     assert not should_retry(status, attempt=3, max_attempts=3)
 
 
-def test_no_answer_is_retried_only_when_the_request_was_never_sent() -> None:
+def test_no_answer_is_retried_when_never_sent_or_dropped_unanswered() -> None:
     assert should_retry(None, attempt=1, max_attempts=3, delivered=False)  # connect failed
-    assert not should_retry(None, attempt=1, max_attempts=3, delivered=True)  # may be read
+    assert not should_retry(None, attempt=1, max_attempts=3, delivered=True)  # timed out
+    assert should_retry(None, attempt=1, max_attempts=3, delivered=True, lost=True)  # died
     assert not should_retry(None, attempt=3, max_attempts=3, delivered=False)
+    assert not should_retry(None, attempt=3, max_attempts=3, delivered=True, lost=True)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 501])

@@ -195,16 +195,3 @@ def test_an_admin_key_guards_metrics_and_readiness_detail(
     detail = httpx.get(url + "/ready", headers=admin).json()
     assert detail["backends"] == {up: True}  # names and URLs for the operator only
     assert httpx.get(url + "/health").status_code == 200
-
-
-def test_a_request_an_upstream_read_and_dropped_is_never_sent_again(
-    mock_upstream: Start, gateway: Callable[[str], str]
-) -> None:
-    """Not on a fresh connection, not on the other backend: it may have been done."""
-    a, b = mock_upstream(), mock_upstream()
-    for url in (a, b):
-        httpx.post(url + "/control", json={"drop": True})
-    url = gateway(gateway_config({"g": [a, b]}, model_route(["g"], "round_robin")))
-    reply = _chat(url, "pay once")
-    assert reply.status_code == 503 and reply.json()["error"]["code"] == "upstream_unavailable"
-    assert upstream_stats(a)["requests"] + upstream_stats(b)["requests"] == 1

@@ -158,9 +158,10 @@ async def test_a_connection_back_in_the_pool_outlives_the_read_timeout(
 async def test_a_request_read_then_dropped_is_not_sent_again(
     mock_upstream: Callable[..., str],
 ) -> None:
-    """The upstream read the request and closed the connection without answering: it may
-    have done the work, so the request fails (503, delivered) rather than going again,
-    even on a reused connection where a stale keep-alive would look the same."""
+    """The upstream read the request and closed the connection without answering: the
+    request fails (503, delivered, lost) rather than going to that upstream again, even
+    on a reused connection where a stale keep-alive would look the same. Whether another
+    backend gets it is routing's call (tests/gateway/runtime/test_failover.py)."""
     url = mock_upstream()
     up = HttpUpstream(url)
     try:
@@ -168,7 +169,7 @@ async def test_a_request_read_then_dropped_is_not_sent_again(
         httpx.post(url + "/control", json={"drop": True})
         with pytest.raises(UpstreamError) as info:
             await _send(up, _chat())
-        assert info.value.status_code == 503 and info.value.delivered
+        assert info.value.status_code == 503 and info.value.delivered and info.value.lost
         assert _stats(url)["requests"] == 2  # the dropped one, once
     finally:
         await up.close()
