@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from gateway.testing.processes import wait_until_up
 from gateway.testing.redis_server import RedisProcess, free_port
 
@@ -35,9 +38,15 @@ class Stack:
         first_port: int | None = None,
         backend_flags: tuple[str, ...] = (),
         folder: Path | None = None,
+        aliases: dict[str, str] | None = None,
+        per_backend_flags: list[tuple[str, ...]] | None = None,
     ) -> None:
         self.routing = routing
+        # More names for the same model, each with its own routing policy (name -> policy):
+        # policies compared side by side on the same backends.
+        self.aliases = aliases or {}
         self.backend_flags = backend_flags
+        self.per_backend_flags = per_backend_flags or []  # backend i's own, after the rest
         self.folder = folder or Path(tempfile.mkdtemp(prefix="llm-gateway-stack-"))
         self._ports = iter(range(first_port, first_port + 100)) if first_port else None
         self.redis = RedisProcess()
@@ -63,7 +72,9 @@ class Stack:
             gateway_ports = [self._next_port() for _ in range(gateways)]
             for i in range(backends):
                 port = self._next_port()
-                cmd = ["backend", "--host", "127.0.0.1", "--port", str(port), *self.backend_flags]
+                own = self.per_backend_flags[i] if i < len(self.per_backend_flags) else ()
+                cmd = ["backend", "--host", "127.0.0.1", "--port", str(port)]
+                cmd += [*self.backend_flags, *own]
                 self._spawn(f"backend-{i + 1}", cmd)
                 self.backend_urls.append(f"http://127.0.0.1:{port}")
             config = self.folder / "gateway.toml"
@@ -88,12 +99,16 @@ class Stack:
 
     def gateway_config(self) -> str:
         backends = ", ".join(f'{{url = "{url}/v1"}}' for url in self.backend_urls)
-        return (
+        text = (
             '[store]\nkind = "redis"\n'
             f'url = "{self.redis.url}"\n'
             f'[[groups]]\nname = "engines"\nbackends = [{backends}]\n'
             f'[[models]]\nname = "{MODEL}"\ngroups = ["engines"]\nrouting = "{self.routing}"\n'
         )
+        for alias, routing in self.aliases.items():
+            text += f'[[models]]\nname = "{alias}"\nupstream_model = "{MODEL}"\n'
+            text += f'groups = ["engines"]\nrouting = "{routing}"\n'
+        return text
 
     def log_path(self, name: str) -> Path:
         return self.folder / f"{name}.log"
@@ -121,6 +136,18 @@ class Stack:
         cmd = [sys.executable, "-m", "gateway.cli", *args, "--log-level", "warning"]
         with self.log_path(name).open("wb") as out:  # the child keeps its copy
             self.processes[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def scrape(url: str, **labels: str) -> dict[str, float]:
+    """A process's /metrics, each sample name summed over the samples that carry `labels`
+    (`vllm:prefix_cache_hits_total` -> all models' hits; outcome="retry" -> retries)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if labels.items() <= sample.labels.items():
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def main() -> int:

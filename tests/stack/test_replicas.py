@@ -6,25 +6,14 @@ history (the backend is sent the earlier turns: more prompt tokens)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.testing.stack import MODEL, Stack
-from tests.serving import TEST_KV_CACHE_GB
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def stack(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    flags = ("--model", str(smollm2_gguf), "--served-model-name", MODEL)
-    flags += ("--kv-cache-gb", str(TEST_KV_CACHE_GB), "--max-num-seqs", "8")
-    with Stack(2, 2, backend_flags=flags, folder=tmp_path_factory.mktemp("stack")) as s:
-        yield s
 
 
 def _chat(url: str, content: str, **headers: str) -> httpx.Response:
