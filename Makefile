@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml examples/llm-gateway-stamp/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps -e examples/llm-gateway-stamp
 	touch $(STAMP)
 

@@ -158,14 +158,15 @@ def gateway_config(upstream: str, extra: str = "", group: str = "") -> str:
 
 
 def start_gateway(
-    tmp: Path, config: str, tree: Path | None = None
+    tmp: Path, config: str, tree: Path | None = None, log_level: str = "warning"
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """`llm-gateway serve` with `config`, from this tree or from `tree`."""
+    """`llm-gateway serve` with `config`, from this tree or from `tree`. At `warning` the
+    access log is off; at `info` (the default) it writes a line per request."""
     port = free_port()
     cfg = tmp / f"gw{port}.toml"
     cfg.write_text(config)
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
+    cmd += ["--port", str(port), "--log-level", log_level]
     if tree is None:
         return start(cmd, port, "/health"), port
     root = tree.resolve()  # `-m` imports from the working directory first
@@ -185,6 +186,10 @@ def start_targets(
     ):
         proc, targets[label] = start_gateway(tmp, gateway_config(upstream, extra))
         procs.append(proc)
+    # What `llm-gateway serve` does out of the box: INFO, an access-log line per request.
+    label = "llm-gateway (default chain, access log)"
+    proc, targets[label] = start_gateway(tmp, gateway_config(upstream), log_level="info")
+    procs.append(proc)
     for client in [c for c in args.clients.split(",") if c]:
         config = gateway_config(upstream, group=f'http_client = "{client}"\n')
         try:

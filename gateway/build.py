@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Tracer
 
+from gateway import extras
 from gateway.auth import Authenticator
 from gateway.chain import ChainObserver
 from gateway.config import (
@@ -176,7 +177,7 @@ def build_store(cfg: StoreConfig, metrics: GatewayMetrics | None = None) -> Fail
 def embedder_factory(cfg: EmbeddingsConfig) -> Callable[[], Awaitable[Embedder]] | None:
     """What loads the embedding service when first needed (Gateway.load_embedder): the
     model in a worker thread (seconds; the event loop keeps serving), then the batcher."""
-    if not cfg.enabled:
+    if not local_embeddings(cfg):
         return None
 
     async def load() -> Embedder:
@@ -204,8 +205,20 @@ def embedder_factory(cfg: EmbeddingsConfig) -> Callable[[], Awaitable[Embedder]]
 
 def embedder_names(cfg: EmbeddingsConfig) -> frozenset[str]:
     """The names /v1/embeddings answers to, known before the model loads."""
-    if not cfg.enabled:
+    if not local_embeddings(cfg):
         return frozenset()
     if cfg.served_model_name:
         return frozenset({cfg.served_model_name})
     return frozenset({DEFAULT_EMBEDDING_MODEL if cfg.model is None else Path(cfg.model).name})
+
+
+def local_embeddings(cfg: EmbeddingsConfig) -> bool:
+    """Whether the local model serves /v1/embeddings: [embeddings] enabled, or unset and
+    the semantic extra installed. MissingExtra (a ConfigError) for enabled = true, or a
+    model folder named, without the extra."""
+    if cfg.enabled is False:
+        return False
+    if cfg.enabled is None and cfg.model is None:
+        return extras.installed("semantic")
+    extras.require("semantic", "the local embedding model ([embeddings] enabled or model)")
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ import msgspec
 
 from gateway.cli_flags import add_section_flags, flag_error, section_from_flags
 from gateway.config import EngineSection
-from gateway.config.environment import hand_config_to_workers
+from gateway.config.environment import hand_config_to_workers, share_metrics_directory
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -67,7 +68,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=1,
         help="gateway processes sharing the port (only without the in-process engine: each "
-        "worker routes on its own, and /metrics shows the worker that answers)",
+        "worker routes on its own; /metrics sums them all)",
     )  # fmt: skip
     p.add_argument("--host", default=None, help="default: [server] host, else 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: [server] port, else 8000")
@@ -92,6 +93,13 @@ def _engine_section(args: argparse.Namespace, config: GatewayConfig) -> EngineSe
 
 
 def _models(args: argparse.Namespace) -> int:
+    from gateway.extras import MissingExtra, require
+
+    try:
+        require("engine", "the bundled engine (`llm-gateway models`)")
+    except MissingExtra as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
     from backend.loading.model_store import ModelFetchError, default_model_path, pull
     from gateway.config import engine_environment
 
@@ -123,36 +131,39 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 1
-    wants_engine = (
-        args.command == "backend"
-        or config.engine is not None
-        or not config.groups
-        or any(g.kind == "engine" for g in config.groups)
-    )
+    why_engine = _why_engine(args, config)
     upstream, name, registry = None, None, CollectorRegistry()
-    if wants_engine:
-        loaded = _start_engine(args, config)
+    if why_engine is not None:
+        loaded = _start_engine(args, config, why_engine)
         if loaded is None:
             return 1
         upstream, name, registry = loaded
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if args.workers > 1:
-        if wants_engine:
+        if why_engine is not None:
             print("llm-gateway: --workers needs a config without the engine", file=sys.stderr)
             return 1
+        from gateway.worker_metrics import clear_directory
+
         hand_config_to_workers(args.config, args.log_level, args.log_format)
+        metrics_dir, made_here = share_metrics_directory()
+        clear_directory(metrics_dir)
         print(f"llm-gateway: {args.workers} workers at http://{host}:{port}/v1", file=sys.stderr)
-        uvicorn.run(
-            "gateway.cli:worker_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=args.workers,
-            log_level=args.log_level,
-            log_config=None,  # the workers log as gateway/logs.py sets them up
-            **_server_options(config),
-        )
+        try:
+            uvicorn.run(
+                "gateway.cli:worker_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=args.workers,
+                log_level=args.log_level,
+                log_config=None,  # the workers log as gateway/logs.py sets them up
+                **_server_options(config),
+            )
+        finally:
+            if made_here:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     if args.command == "backend":
         assert upstream is not None and name is not None
@@ -210,7 +221,7 @@ def _gateway(
     registry: CollectorRegistry,
 ) -> Gateway:
     from gateway.build import build_gateway
-    from gateway.metrics import AdmissionCollector, EmbedderCollector, GatewayMetrics
+    from gateway.metrics import GatewayMetrics, scrape_time_collectors
     from gateway.telemetry import tracer_from_config
 
     metrics = GatewayMetrics(registry)
@@ -218,8 +229,8 @@ def _gateway(
         config, upstream, name, observer=metrics, tracer=tracer_from_config(config.telemetry)
     )
     gateway.metrics = metrics
-    registry.register(EmbedderCollector(lambda: gateway.embedder))
-    registry.register(AdmissionCollector(gateway.backends))
+    for collector in scrape_time_collectors(gateway):
+        registry.register(collector)
     return gateway
 
 
@@ -231,6 +242,8 @@ def worker_app() -> Edge:
     from gateway.config.environment import worker_config_path, worker_logging
     from gateway.http import EdgeLimits, create_app
     from gateway.logs import configure
+    from gateway.metrics import scrape_time_collectors
+    from gateway.worker_metrics import WorkerMetrics
 
     configure(*worker_logging())
     registry = CollectorRegistry()
@@ -238,14 +251,38 @@ def worker_app() -> Edge:
     gateway = _gateway(config, None, None, registry)
     _server_options(config)  # this worker's protocol class gets the limits too
     limits = EdgeLimits.from_config(config.server)
-    return create_app(gateway, registry, limits, config.admin_key(), config.server.access_log)
+    # /metrics shows every worker's metrics, whichever answers (gateway/worker_metrics.py)
+    shared = WorkerMetrics(gateway, scrape_time_collectors(gateway))
+    return create_app(gateway, None, limits, config.admin_key(), config.server.access_log, shared)
+
+
+def _why_engine(args: argparse.Namespace, config: GatewayConfig) -> str | None:
+    """What asks for the bundled engine (for the error when it is not installed); None
+    when nothing does: a config of HTTP upstreams only."""
+    if args.command == "backend":
+        return "the bundled engine (`llm-gateway backend`)"
+    if config.engine is not None:
+        return "the bundled engine (the config's [engine] section)"
+    if not config.groups:
+        return "the bundled engine (what `serve` runs without [[groups]] of upstreams)"
+    if any(g.kind == "engine" for g in config.groups):
+        return "the bundled engine (a group of kind engine)"
+    return None
 
 
 def _start_engine(
-    args: argparse.Namespace, config: GatewayConfig
+    args: argparse.Namespace, config: GatewayConfig, why: str
 ) -> tuple[EngineUpstream, str, CollectorRegistry] | None:
     """Loads the bundled engine: settings from the config's [engine] section when it has
-    one, else from the command-line flags. None (after printing why) when it cannot."""
+    one, else from the command-line flags. None (after printing why) when it cannot,
+    the engine extra not installed among the reasons (`why` says what asked for it)."""
+    from gateway.extras import MissingExtra, require
+
+    try:
+        require("engine", why)
+    except MissingExtra as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return None
     from backend.engine import Engine
     from backend.loading.model_store import DEFAULT_MODEL, ModelFetchError, pull
     from gateway.config import ConfigError, engine_config, engine_environment

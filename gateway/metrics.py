@@ -13,6 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 if TYPE_CHECKING:
     from gateway.embeddings.batcher import Embedder
+    from gateway.runtime import Gateway
+    from gateway.stores.fail_open import FailOpenStore
 
 from gateway.call import RESPONSES, Call
 from gateway.observe import CLOSED, watch
@@ -63,11 +65,11 @@ class GatewayMetrics:
         self.upstream_up = Gauge(
             "llm_gateway_upstream_up", "1 while the backend's circuit breaker is closed or "
             "probing, 0 while it is open (ejected).",
-            ["backend"], registry=registry,
+            ["backend"], registry=registry, multiprocess_mode="livemin",  # any worker's 0
         )  # fmt: skip
         self.upstream_outstanding = Gauge(
             "llm_gateway_upstream_outstanding", "Requests in flight per backend.",
-            ["backend"], registry=registry,
+            ["backend"], registry=registry, multiprocess_mode="livesum",
         )  # fmt: skip
 
         self.cache_lookups = Counter(
@@ -82,7 +84,7 @@ class GatewayMetrics:
         )  # fmt: skip
         self.store_degraded = Gauge(
             "llm_gateway_store_degraded", "1 while the store is failing and being bypassed.",
-            ["store"], registry=registry,
+            ["store"], registry=registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.shadow_checks = Counter(
             "llm_gateway_semantic_shadow_checks", "Semantic cache hits also answered by the "
@@ -92,7 +94,7 @@ class GatewayMetrics:
         self.false_hit_rate = Gauge(
             "llm_gateway_semantic_false_hit_rate", "Share of shadow-checked semantic hits "
             "whose fresh answer disagreed with the cached one (since start).",
-            registry=registry,
+            registry=registry, multiprocess_mode="livemax",  # the worst worker's
         )  # fmt: skip
 
     def upstream_outcome(self, backend: str, outcome: str) -> None:
@@ -104,11 +106,12 @@ class GatewayMetrics:
     def store_bypass(self, store: str, op: str) -> None:
         _child(self._children, self.store_bypasses, store, op).inc()
 
-    def refresh(self, backends: Sequence[Backend], now: float) -> None:
-        """Backend gauges, read at scrape time."""
+    def refresh(self, backends: Sequence[Backend], store: FailOpenStore, now: float) -> None:
+        """The gauges of state kept elsewhere (backends, store), read at scrape time."""
         for b in backends:
             self.upstream_up.labels(b.id).set(0 if not b.breaker.available(now) else 1)
             self.upstream_outstanding.labels(b.id).set(b.outstanding)
+        self.store_degraded.labels(store.kind).set(int(store.degraded))
 
     def observe_overhead(self, model: str, seconds: float) -> None:
         _child(self._children, self.overhead, model).observe(seconds)
@@ -185,6 +188,11 @@ def _child(cache: dict[tuple[Any, ...], Any], metric: Any, *labels: str) -> Any:
     if child is None:
         child = cache[key] = metric.labels(*labels)
     return child
+
+
+def scrape_time_collectors(gateway: Gateway) -> list[EmbedderCollector | AdmissionCollector]:
+    """What /metrics computes from the gateway's state when scraped."""
+    return [EmbedderCollector(lambda: gateway.embedder), AdmissionCollector(gateway.backends)]
 
 
 class EmbedderCollector:

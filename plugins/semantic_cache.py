@@ -23,6 +23,9 @@ Per call (chat completions whose newest message is a user turn of plain text):
 
 Admission as for the exact cache: reproducible requests only by default, Cache-Control
 honoured. Put it after `exact_cache` in the chain (an exact hit is cheaper).
+
+numpy and FAISS (the `semantic` extra) are imported where they are used, not here: every
+start-up imports this module (plugin discovery), with the extra installed or not.
 """
 
 from __future__ import annotations
@@ -35,15 +38,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
-import numpy as np
 
+from gateway import extras
 from gateway.call import CHAT, Call, Reply
 from gateway.payload import Payload
 from gateway.plugin import Next, Plugin
 from gateway.replay import record, replay
 from gateway.stores import Store, StoreError
 from plugins.exact_cache import decode_entry, encode_entry
-from plugins.semantic_index import IndexEntry, PartitionedIndex
 from policies.cache import (
     CacheControl,
     entry_ttl,
@@ -55,7 +57,10 @@ from policies.cache import (
 from policies.semantic_verify import Analysis, analyse, substitution, verify
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from gateway.runtime import PluginHost
+    from plugins.semantic_index import IndexEntry, PartitionedIndex
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,7 @@ class SemanticCache(Plugin):
             raise TypeError("threshold must be in (0, 1]")
         if not 0 <= shadow_rate <= 1:
             raise TypeError("shadow_rate must be in [0, 1]")
+        extras.require("semantic", "the semantic_cache plugin")
         self.threshold, self.k = threshold, candidates
         self.ttl_s, self.max_ttl_s = ttl_s, max_ttl_s
         self.max_entries = max_entries
@@ -118,6 +124,8 @@ class SemanticCache(Plugin):
         self.shadow_agreed = self.shadow_disagreed = 0
 
     async def startup(self, *, gateway: PluginHost) -> None:
+        from plugins.semantic_index import PartitionedIndex
+
         embedder = await gateway.load_embedder()
         if embedder is None:
             raise RuntimeError("semantic_cache needs the embedding model ([embeddings] enabled)")
@@ -155,6 +163,10 @@ class SemanticCache(Plugin):
             return 0
 
     async def _load_all(self, store: Store) -> int:
+        import numpy as np
+
+        from plugins.semantic_index import IndexEntry
+
         assert self.index is not None
         index = self.index
         keys = [k for k in await store.scan(PREFIX) if _entry_id(k) not in index]
@@ -286,6 +298,10 @@ class SemanticCache(Plugin):
     async def add(
         self, partition: str, query: str, vector: np.ndarray, body: Payload, ttl_s: float
     ) -> None:
+        import numpy as np
+
+        from plugins.semantic_index import IndexEntry
+
         assert self.index is not None and self.store is not None
         now = self._clock()
         entry_id = random.getrandbits(62)  # unique across replicas sharing one store

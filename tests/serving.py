@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,19 @@ def stop(proc: subprocess.Popen[bytes], seconds: float) -> None:
 
 
 def start_serve(
-    config: str, stem: Path, env: dict[str, str] | None = None, wait_s: float = 120
+    config: str,
+    stem: Path,
+    env: dict[str, str] | None = None,
+    wait_s: float = 120,
+    launcher: Sequence[str] = ("-m", "gateway.cli"),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`llm-gateway serve --config` on a free port, its config and log beside `stem`;
-    (the process, its base URL) once /health answers. The caller stops it."""
+    (the process, its base URL) once /health answers. The caller stops it. `launcher`:
+    the Python arguments that run the command line."""
     path, log = stem.with_suffix(".toml"), stem.with_suffix(".log")
     path.write_text(config)
     port = free_port()
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+    cmd = [sys.executable, *launcher, "serve", "--config", str(path)]
     cmd += ["--port", str(port), "--log-level", "warning"]
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import urllib.request
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "LLM_GATEWAY_"
 HOME_VARIABLE = "LLM_GATEWAY_HOME"
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name
 CPU_KERNELS_VARIABLE = "LLM_GATEWAY_CPU_KERNELS"
 COMPILER_VARIABLE = "CXX"
 WORKER_CONFIG_VARIABLE = "LLM_GATEWAY_WORKER_CONFIG"
@@ -108,6 +110,17 @@ def hand_config_to_workers(path: Path, log_level: str, log_format: str) -> None:
     parent's config file and logging choice here (worker_config_path, worker_logging)."""
     os.environ[WORKER_CONFIG_VARIABLE] = str(path.resolve())
     os.environ[WORKER_LOG_VARIABLE] = f"{log_level}:{log_format}"
+
+
+def share_metrics_directory(environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """Where the workers keep their metrics (prometheus-client's multiprocess mode reads
+    PROMETHEUS_MULTIPROC_DIR when it is imported, so it is set before they start): the
+    operator's directory when they set one, else a new temporary one. Returns it, and
+    whether it was made here (and so is the caller's to remove)."""
+    given = variables(environ).get(METRICS_DIR_VARIABLE)
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="llm-gateway-metrics-"))
+    os.environ[METRICS_DIR_VARIABLE] = str(path)
+    return path, not given
 
 
 def worker_logging(environ: Mapping[str, str] | None = None) -> tuple[str, str]:

@@ -139,7 +139,9 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # shipped in the PyPI package gt-a
 
 
 class EmbeddingsConfig(Section, frozen=True):
-    enabled: bool = True
+    # /v1/embeddings with the local model. None (unset): on when the `semantic` extra is
+    # installed (gateway/extras.py); true or a `model` without it: an error at start-up.
+    enabled: bool | None = None
     model: str | None = None  # a local sentence-transformers folder; None: all-MiniLM-L6-v2
     served_model_name: str | None = None  # the name clients send (default: the model's)
     device: str = "cpu"

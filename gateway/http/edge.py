@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from gateway.batch import Batch, use_batch
@@ -60,6 +60,12 @@ class Edge:
         self.routes = Routes(gateway, metrics, admin_key)
         self.limits = limits or EdgeLimits()
         self.access_log = access_log
+        # Loops that run while the server does (started after the gateway's start-up,
+        # cancelled before its close): readiness probes, a worker's metrics.
+        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            self.routes.probes.keep_fresh
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -85,8 +91,12 @@ class Edge:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
+                self._tasks = [asyncio.ensure_future(loop()) for loop in self.background]
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
                 try:
                     await self.gateway.close()
                 finally:

@@ -107,6 +107,9 @@ def test_killing_a_backend_under_load_loses_no_request_that_had_not_started_stre
             assert o.stream and o.chunks > 0, o
     cut = sum(o.error is not None for o in outcomes)
     retried = scrape(gateway, outcome="retry").get("llm_gateway_upstream_requests_total", 0)
-    print(f"\n{REQUESTS} requests, backend-1 killed with some queued: {REQUESTS - cut} answered"
-          f" in full, {cut} streams cut after their first chunks, {retried:.0f} retried")  # fmt: skip
+    answered = REQUESTS - cut
+    print(
+        f"\n{REQUESTS} requests, backend-1 killed with some queued: {answered} answered in full,"
+        f" {cut} streams cut after their first chunks, {retried:.0f} retried"
+    )
     assert retried > 0  # the killed backend held requests, and they went on

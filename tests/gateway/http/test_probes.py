@@ -1,7 +1,8 @@
 """/health and /ready over the whole HTTP edge in this process: /health turns 503 as soon
 as the engine's step loop has died (and requests that were waiting on it fail instead of
 hanging); /ready stays 200 while any model can be served, is 503 when none can, and one
-round of concurrent probes answers many callers."""
+round of concurrent probes answers many callers; rounds run in the background and
+callers read the last one without probing."""
 
 from __future__ import annotations
 
@@ -91,20 +92,47 @@ async def test_not_ready_when_no_model_can_be_served(tmp_path: Path) -> None:
     assert reply.json()["models"] == {"m": False, "n": False}
 
 
-async def test_concurrent_callers_share_one_round_of_probes(
-    mock_upstream: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    probes = 0
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """[how many HTTP upstream probes ran so far], counted as they run."""
+    count = [0]
     real = HttpUpstream.ready
 
     async def counted(self: HttpUpstream) -> bool:
-        nonlocal probes
-        probes += 1
+        count[0] += 1
         return await real(self)
 
     monkeypatch.setattr(HttpUpstream, "ready", counted)
+    return count
+
+
+async def test_concurrent_callers_share_one_round_of_probes(
+    mock_upstream: object, tmp_path: Path, probes: list[int]
+) -> None:
     up = mock_upstream()  # type: ignore[operator]
     down = f"http://127.0.0.1:{free_port()}/v1"
     replies = await _ready(_two_groups(up, down), tmp_path, calls=20)
     assert {r.status_code for r in replies} == {200}
-    assert probes == 2  # one per backend, for all twenty callers
+    assert probes[0] == 2  # one per backend, for all twenty callers
+
+
+async def test_rounds_run_in_the_background_and_callers_read_the_last_one(
+    mock_upstream: object, tmp_path: Path, probes: list[int]
+) -> None:
+    path = tmp_path / "gateway.toml"
+    up = mock_upstream()  # type: ignore[operator]
+    path.write_text(_two_groups(up, f"http://127.0.0.1:{free_port()}/v1"))
+    app = create_app(build_gateway(load_config(path, {})))
+    app.routes.probes.every_s = 0.01
+    async with app_client(app):
+        loop = asyncio.ensure_future(app.routes.probes.keep_fresh())
+        try:
+            async with asyncio.timeout(30):  # three rounds of two backends, no caller at all
+                while probes[0] < 6:
+                    await asyncio.sleep(0.01)
+            before = probes[0]
+            reply = await app.routes.probes.ready(detail=True)
+            assert probes[0] == before  # answered from the last round, no probe of its own
+            assert reply.status == 200
+        finally:
+            loop.cancel()
