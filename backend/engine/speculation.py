@@ -4,7 +4,8 @@ of this machine's step cost. The pieces it uses are in backend/speculative/."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
 
 from backend.linear import SKINNY_MAX_ROWS
@@ -113,21 +114,26 @@ class Speculation:
 
     def calibrate(self) -> None:
         """Times forward steps of 1..128 tokens, and one-query rows over a short and a long
-        context, back to back: the shape of this machine's cost (StepCost); real steps
-        then only rescale it. Call while the cache holds nothing in use."""
+        context: the shape of this machine's cost (StepCost); real steps then only rescale
+        it. Call while the cache holds nothing in use.
+
+        The sizes are timed in interleaved passes, each size's best kept: other work on
+        the machine (a busy core, a neighbour's burst) then falls on every size alike
+        instead of on whichever sizes were being timed when it came. Timed one size
+        after another, a quiet one-token point beside slowed larger ones made every guess
+        look dear for the server's whole life."""
         # Both sides of where the few-row matmul hands over to BLAS, where the curve jumps.
         edges = (SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 1)
         sizes = sorted({1, 2, 4, 8, 12, *edges, 24, 32, 48, 64, 128})
         sizes = [n for n in sizes if n <= self.max_model_len]
         self.runner.time_forward(sizes[-1])  # warm-up: first calls allocate and pick kernels
+        best = _interleaved_best([(n, 0) for n in sizes], self.runner.time_forward)
         for n in sizes:
-            best = min(self.runner.time_forward(n) for _ in range(3))
-            self.step_cost.calibrate(n, best)
+            self.step_cost.calibrate(n, best[(n, 0)])
         rows, short, long = 8, 16, min(1024, self.max_model_len)
         if long > 4 * short:
-            t_short, t_long = (
-                min(self.runner.time_forward(rows, ctx) for _ in range(3)) for ctx in (short, long)
-            )
+            timed = _interleaved_best([(rows, short), (rows, long)], self.runner.time_forward)
+            t_short, t_long = timed[(rows, short)], timed[(rows, long)]
             self.step_cost.attention = max(t_long - t_short, 0.0) / (rows * (long - short))
         calibrate = getattr(self.proposer, "calibrate", None)
         if calibrate is not None:
@@ -171,3 +177,18 @@ class Speculation:
             num_seqs,
             self.proposer.pass_seconds,
         )
+
+
+CALIBRATION_PASSES = 3  # as many timings per size as before interleaving: no more luck
+
+
+def _interleaved_best(
+    shapes: list[tuple[int, int]], time_forward: Callable[[int, int], float]
+) -> dict[tuple[int, int], float]:
+    """The fastest of CALIBRATION_PASSES timings of each (tokens, context) shape, the
+    shapes taken in turn within each pass."""
+    best = dict.fromkeys(shapes, math.inf)
+    for _ in range(CALIBRATION_PASSES):
+        for shape in shapes:
+            best[shape] = min(best[shape], time_forward(*shape))
+    return best

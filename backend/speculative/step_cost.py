@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 
 class StepCost:
     """Seconds a forward step takes on this machine:
@@ -18,10 +16,12 @@ class StepCost:
     prefill, and guesses look free where they are not.
 
     The shape (curve points, `attention`) comes from a calibration at engine start-up,
-    timed back to back so that its points compare; real steps only move `scale`, an
-    exponential average of measured / predicted time, which follows the machine getting
-    slower or faster as a whole. (Refining each point from real steps instead lets noise
-    bend the curve: one inflated point makes the next segment flat and guesses free.)
+    timed in interleaved passes so that its points compare (the best of each kept, and
+    a point above a larger step's lowered to it: other work only ever slows a timing);
+    real steps only move `scale`, an exponential average of measured / predicted time,
+    which follows the machine getting slower or faster as a whole. (Refining each point
+    from real steps instead lets noise bend the curve; so did windowed low quantiles of
+    real steps per size, tried: rarely seen sizes kept the dearer windows.)
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -29,10 +29,20 @@ class StepCost:
         self.attention = 0.0  # seconds per attended context token
         self.scale = 1.0
         self._points: dict[int, float] = {}
+        self._curve_points: list[tuple[int, float]] = []  # sorted, never falling
 
     def calibrate(self, num_tokens: int, seconds: float) -> None:
         """One point of the curve: a step of num_tokens tokens attending to nothing."""
         self._points[num_tokens] = seconds
+        # The curve never falls: each point is lowered to the cheapest larger step's
+        # time. Other work only ever slows a timing, so a point above a larger step's is
+        # the one that was slowed (lifting the larger ones to it instead let one slowed
+        # two-token point make every guess look twice as dear for the server's life).
+        xs = sorted(self._points)
+        ys = [self._points[n] for n in xs]
+        for i in range(len(ys) - 2, -1, -1):
+            ys[i] = min(ys[i], ys[i + 1])
+        self._curve_points = list(zip(xs, ys, strict=True))
 
     def observe(self, num_tokens: int, seconds: float, attended: int = 0) -> None:
         """A real step: nudges `scale` (one outlier moves it at most by alpha * 2x)."""
@@ -45,17 +55,15 @@ class StepCost:
         return self.scale * (self._curve(num_tokens) + self.attention * attended)
 
     def _curve(self, num_tokens: int) -> float:
-        if not self._points:
+        points = self._curve_points
+        if not points:
             return float(num_tokens)
-        xs = sorted(self._points)
-        # Interpolate through the origin below the first point: a cost never goes below
-        # zero, and a larger step never costs less than a smaller one.
-        if num_tokens <= xs[0]:
-            return self._points[xs[0]] * num_tokens / xs[0]
-        ylo = self._points[xs[0]]
-        for lo, hi in itertools.pairwise(xs):
-            yhi = max(self._points[hi], ylo)
+        lo, ylo = points[0]
+        # Through the origin below the first point: a cost never goes below zero.
+        if num_tokens <= lo:
+            return ylo * num_tokens / lo
+        for hi, yhi in points[1:]:
             if num_tokens <= hi:
                 return ylo + (yhi - ylo) * (num_tokens - lo) / (hi - lo)
-            ylo = yhi
-        return ylo * num_tokens / xs[-1]  # beyond: proportional
+            lo, ylo = hi, yhi
+        return ylo * num_tokens / lo  # beyond: proportional
