@@ -92,13 +92,20 @@ def _engine_section(args: argparse.Namespace, config: GatewayConfig) -> EngineSe
         raise ConfigError(flag_error(str(exc))) from None
 
 
-def _models(args: argparse.Namespace) -> int:
+def _engine_installed(why: str) -> bool:
+    """Whether the engine extra is installed; if not, says so (what `why` asked for it)."""
     from gateway.extras import MissingExtra, require
 
     try:
-        require("engine", "the bundled engine (`llm-gateway models`)")
+        require("engine", why)
     except MissingExtra as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _models(args: argparse.Namespace) -> int:
+    if not _engine_installed("the bundled engine (`llm-gateway models`)"):
         return 1
     from backend.loading.model_store import ModelFetchError, default_model_path, pull
     from gateway.config import engine_environment
@@ -276,12 +283,7 @@ def _start_engine(
     """Loads the bundled engine: settings from the config's [engine] section when it has
     one, else from the command-line flags. None (after printing why) when it cannot,
     the engine extra not installed among the reasons (`why` says what asked for it)."""
-    from gateway.extras import MissingExtra, require
-
-    try:
-        require("engine", why)
-    except MissingExtra as exc:
-        print(f"llm-gateway: {exc}", file=sys.stderr)
+    if not _engine_installed(why):
         return None
     from backend.engine import Engine
     from backend.loading.model_store import DEFAULT_MODEL, ModelFetchError, pull

@@ -14,7 +14,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from gateway.embeddings.batcher import Embedder
     from gateway.runtime import Gateway
-    from gateway.stores.fail_open import FailOpenStore
 
 from gateway.call import RESPONSES, Call
 from gateway.observe import CLOSED, watch
@@ -106,11 +105,13 @@ class GatewayMetrics:
     def store_bypass(self, store: str, op: str) -> None:
         _child(self._children, self.store_bypasses, store, op).inc()
 
-    def refresh(self, backends: Sequence[Backend], store: FailOpenStore, now: float) -> None:
+    def refresh(self, gateway: Gateway) -> None:
         """The gauges of state kept elsewhere (backends, store), read at scrape time."""
-        for b in backends:
+        now = time.monotonic()
+        for b in gateway.backends():
             self.upstream_up.labels(b.id).set(0 if not b.breaker.available(now) else 1)
             self.upstream_outstanding.labels(b.id).set(b.outstanding)
+        store = gateway.store
         self.store_degraded.labels(store.kind).set(int(store.degraded))
 
     def observe_overhead(self, model: str, seconds: float) -> None:

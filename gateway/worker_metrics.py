@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,9 +88,8 @@ class WorkerMetrics:
 
     def refresh(self) -> None:
         """This worker's gauges of state kept elsewhere, and its mirrored collectors."""
-        gw = self.gateway
-        if gw.metrics is not None:
-            gw.metrics.refresh(gw.backends(), gw.store, time.monotonic())
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.refresh(self.gateway)
         self.mirror.update()
 
     def render(self) -> bytes:

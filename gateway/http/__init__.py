@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -36,7 +35,7 @@ def create_app(
 
     def render() -> bytes:
         if gateway.metrics is not None:
-            gateway.metrics.refresh(gateway.backends(), gateway.store, time.monotonic())
+            gateway.metrics.refresh(gateway)
         return generate_latest(registry)
 
     return Edge(gateway, render, limits, admin_key, access_log)
