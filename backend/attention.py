@@ -4,7 +4,9 @@ The flat batch of T tokens holds single-token decodes first, then prefill chunks
 Decodes are batched into one SDPA call over their gathered context; each prefill chunk
 gets its own call with a causal mask offset by the tokens already cached. A fused kernel
 may take over the decodes (`AttentionMetadata.decode_kernel`: today the C++ CPU one in
-backend/kernels/, built by backend/kernels/loader.py); tests check it against this path.
+backend/kernels/, built by backend/kernels/loader.py), and one may take over each prefill
+chunk (`prefill_kernel`: the Triton one in backend/kernels/triton_attention.py, which
+reads the chunk's K/V back from the cache); tests check both against this path.
 
 KV cache per layer: k_cache, v_cache [num_blocks, block_size, Hkv, D]; token position p
 of a sequence lives at slot block_table[p // block_size] * block_size + p % block_size.
@@ -22,6 +24,10 @@ import torch.nn.functional as F
 DecodeKernel = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
     None,
+]
+# (q [q_len,H,D], k_cache, v_cache, block_ids [n] long, ctx_len, scale) -> [q_len, H, D]
+PrefillKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor
 ]
 
 
@@ -42,6 +48,7 @@ class AttentionMetadata:
     decode_max_ctx: int = 0
     prefills: list[PrefillSegment] = field(default_factory=list)
     decode_kernel: DecodeKernel | None = None  # fused decode attention; None: the torch path
+    prefill_kernel: PrefillKernel | None = None  # fused prefill attention; None: the torch path
 
     @classmethod
     def single_prefill(
@@ -101,6 +108,12 @@ def paged_attention(
 
     for seg in meta.prefills:
         rows = slice(seg.q_start, seg.q_start + seg.q_len)
+        if meta.prefill_kernel is not None:  # the chunk's K/V were written to the cache above
+            scale = head_dim**-0.5
+            out[rows] = meta.prefill_kernel(
+                q[rows], k_cache, v_cache, seg.block_ids, seg.ctx_len, scale
+            )
+            continue
         past = seg.ctx_len - seg.q_len
         if past == 0:  # nothing cached before: attend to this step's own K/V
             ks, vs = k[rows], v[rows]

@@ -11,7 +11,8 @@ registration (`_Block.parent`), so no hash collision can ever serve another pref
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import heapq
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from backend.sequence import Sequence
@@ -53,7 +54,9 @@ class BlockManager:
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self._blocks = [_Block() for _ in range(num_blocks)]
-        self._free: deque[int] = deque(range(num_blocks))  # unregistered, unused
+        # Unregistered, unused blocks, a min-heap: the lowest id goes first, so the pages of
+        # a lazily allocated KV cache that ever get touched stay as few as the load needs.
+        self._free: list[int] = list(range(num_blocks))
         # Registered but unused blocks, least recently freed first: still hittable, and
         # recycled (oldest first) only when the free list is empty.
         self._evictable: OrderedDict[int, None] = OrderedDict()
@@ -131,7 +134,7 @@ class BlockManager:
     def _take_block(self) -> int:
         """A fresh block: from the free list, else by evicting the LRU cached block."""
         if self._free:
-            bid = self._free.popleft()
+            bid = heapq.heappop(self._free)
         elif self._evictable:
             bid, _ = self._evictable.popitem(last=False)
             self._unregister(bid)
@@ -156,7 +159,7 @@ class BlockManager:
                 if block.hash is not None:
                     self._evictable[bid] = None
                 else:
-                    self._free.append(bid)
+                    heapq.heappush(self._free, bid)
         seq.block_table = []
         seq.num_computed_tokens = seq.num_cached_tokens = 0
         self._seqs.pop(seq.seq_id, None)
@@ -189,7 +192,7 @@ class BlockManager:
             block = self._blocks[bid]
             assert block.ref_count == 1 and block.hash is None, "a lookahead block is private"
             block.ref_count = 0
-            self._free.append(bid)
+            heapq.heappush(self._free, bid)
 
     def mark_computed(self, seq: Sequence) -> None:
         """Register seq's blocks that became full and computed since the last call."""
@@ -225,7 +228,7 @@ class BlockManager:
         """Forget every unused cached block; blocks in use keep their registration."""
         for bid in self._evictable:
             self._unregister(bid)
-            self._free.append(bid)
+            heapq.heappush(self._free, bid)
         self._evictable.clear()
 
     def _check(self) -> None:

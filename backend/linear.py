@@ -1,5 +1,6 @@
 """The one place the model multiplies by a weight matrix: picks the fastest exact path.
 
+- a packed layer (backend/quantized/: GGUF blocks kept quantized) multiplies itself;
 - int8 copies (int8_decode.py, opt-in) for steps of at most int8_decode.MAX_ROWS tokens;
 - our few-row float32 kernel (kernels/skinny_linear.cpp) for steps of a few tokens:
   decode and speculative verify steps are bound by streaming the weights, and MKL's
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend import int8_decode
+from backend.quantized import PackedLinear
 
 # (out [M, N], x [M, K], w [N, K]) -> None; float32, contiguous (kernels/skinny_linear.cpp)
 SkinnyLinear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -38,8 +40,12 @@ def attach_skinny(linear: nn.Linear, op: SkinnyLinear) -> bool:
     return True
 
 
-def project(x: torch.Tensor, linear: nn.Linear, max_rows: int = SKINNY_MAX_ROWS) -> torch.Tensor:
+def project(
+    x: torch.Tensor, linear: nn.Linear | PackedLinear, max_rows: int = SKINNY_MAX_ROWS
+) -> torch.Tensor:
     """x [T, K] @ weight.T -> [T, N]."""
+    if isinstance(linear, PackedLinear):
+        return linear.matmul(x, max_rows)
     rows = x.shape[0]
     q = getattr(linear, "weight_int8", None)
     if q is not None and rows <= int8_decode.MAX_ROWS:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from backend.attention import AttentionMetadata, DecodeKernel, PrefillSegment
+from backend.attention import AttentionMetadata, DecodeKernel, PrefillKernel, PrefillSegment
 from backend.model import LlamaModel
 from backend.scheduler import ScheduledBatch
 from backend.sequence import Sequence
@@ -38,9 +38,11 @@ class ModelRunner:
         kv_dtype: torch.dtype,
         device: torch.device,
         decode_kernel: DecodeKernel | None = None,
+        prefill_kernel: PrefillKernel | None = None,
     ) -> None:
         self.model = model
         self.decode_kernel = decode_kernel
+        self.prefill_kernel = prefill_kernel
         self.block_size = block_size
         self.device = device
         self.kv_cache = model.allocate_kv_cache(num_blocks, block_size, kv_dtype, device)
@@ -99,6 +101,7 @@ class ModelRunner:
             decode_max_ctx=max(decode_ctx, default=0),
             prefills=prefills,
             decode_kernel=self.decode_kernel,
+            prefill_kernel=self.prefill_kernel,
         )
         hidden = self.model.forward(
             self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache

@@ -26,9 +26,13 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
     prefix_caching: bool = True
+    # "auto": a GGUF's Q8_0/Q4_0/Q4_1 weights stay packed (CPU); "none": expanded to
+    # dtype; "int8" / "int4": projections quantized at load (backend/quantized/).
+    quantization: str = "auto"
     int8_decode: bool = False  # int8 weight copies for small steps (CPU; see int8_decode.py)
-    # "auto": our C++ kernels where they build (CPU: backend/kernels/: decode attention and
-    # the few-row matmul), else pure PyTorch; "torch": pure PyTorch throughout.
+    # "auto": our kernels where they run (CPU: the C++ ones in backend/kernels/, built on
+    # first use; CUDA: the Triton attention kernels), else pure PyTorch; "torch": pure
+    # PyTorch throughout.
     kernels: str = "auto"
     compiler: str | None = None  # C++ compiler for the kernels; None: g++, else c++, on PATH
     # llm-gateway's own folder: the kernels are built in home/kernels/; None: the user
@@ -43,6 +47,10 @@ class EngineConfig:
             raise ValueError("max_model_len must be at least 2")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
+        if self.quantization not in ("auto", "none", "int8", "int4"):
+            raise ValueError(
+                f"quantization must be auto, none, int8 or int4, got {self.quantization!r}"
+            )
         if self.kernels not in ("auto", "torch"):
             raise ValueError(f"kernels must be auto or torch, got {self.kernels!r}")
 

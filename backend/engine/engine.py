@@ -20,6 +20,7 @@ import uuid
 import torch
 from prometheus_client import CollectorRegistry
 
+from backend.attention import DecodeKernel, PrefillKernel
 from backend.blocks import BlockManager
 from backend.engine.config import EngineConfig
 from backend.engine.speculation import Speculation
@@ -30,7 +31,7 @@ from backend.engine.validation import (
     completion_room,
     prompt_token_ids,
 )
-from backend.kernels import load_cpu_kernels
+from backend.kernels import CpuKernels, load_cpu_kernels
 from backend.loading.weights import LoadedModel, load_model
 from backend.metrics import EngineMetrics
 from backend.request import Delta, Request, RequestStream
@@ -57,8 +58,8 @@ class Engine:
         self.model = loaded.model
         self.tokenizer: Tokenizer = loaded.tokenizer
         self.model_name = loaded.name
-        self.device = loaded.model.embed_tokens.weight.device
-        self.dtype = loaded.model.embed_tokens.weight.dtype
+        self.device = loaded.model.device
+        self.dtype = loaded.model.dtype
         ctx = loaded.config.max_position_embeddings
         if config.int8_decode:
             if self.device.type != "cpu":
@@ -76,13 +77,20 @@ class Engine:
             kernels = load_cpu_kernels(config.compiler, config.home)
         if kernels is not None:
             self.model.enable_skinny_linear(kernels.skinny_linear)
+            self.model.enable_packed_kernels(kernels.packed)
+            self.model.enable_fused_decode(kernels.decode_layer)
+        elif self.model.packed_layers():
+            log.info("no CPU kernels: expanding the packed quantized weights to %s", self.dtype)
+            self.model.unpack()
+        decode_kernel, prefill_kernel = self._attention_kernels(kernels)
         self.runner = ModelRunner(
             self.model,
             num_blocks,
             config.block_size,
             self.dtype,
             self.device,
-            kernels.paged_decode if kernels is not None else None,
+            decode_kernel,
+            prefill_kernel,
         )
         self.metrics = EngineMetrics(
             self, registry or CollectorRegistry(), config.served_model_name or loaded.name
@@ -109,8 +117,29 @@ class Engine:
         if config.model is None:
             raise ValueError("EngineConfig.model is required")
         device = config.resolve_device()
-        loaded = load_model(config.model, config.resolve_dtype(device), device)
+        loaded = load_model(config.model, config.resolve_dtype(device), device, config.quantization)
         return cls(loaded, config)
+
+    def _attention_kernels(
+        self, cpu: CpuKernels | None
+    ) -> tuple[DecodeKernel | None, PrefillKernel | None]:
+        """Fused attention: our C++ decode kernel on CPU; on CUDA the Triton decode and
+        prefill kernels (backend/kernels/triton_attention.py) where triton is installed
+        (CUDA builds of torch bring it) and `kernels` is auto; else PyTorch's SDPA."""
+        if cpu is not None:
+            return cpu.paged_decode, None
+        if self.device.type != "cuda" or self.config.kernels != "auto":
+            return None, None
+        from backend.kernels.triton_attention import (
+            triton_available,
+            triton_decode_attention,
+            triton_prefill_attention,
+        )
+
+        if not triton_available():
+            log.warning("triton is not installed: CUDA attention runs PyTorch's SDPA")
+            return None, None
+        return triton_decode_attention, triton_prefill_attention
 
     def _blocks_that_fit(self, config: EngineConfig) -> int:
         cfg = self.model.config

@@ -1,5 +1,7 @@
 """Builds and loads our C++ CPU kernels: fused paged decode attention
-(paged_decode_attention.cpp) and the few-row matmul (skinny_linear.cpp).
+(paged_decode_attention.cpp), the few-row matmul (skinny_linear.cpp) and the packed
+quantized-block matmul (quant_linear.cpp), and a whole decoder layer for one-query rows
+(decode_layer.cpp, calling the others through kernels.h).
 
 The sources ship with the package and are compiled on first use, into one library, by
 torch's JIT extension builder (`torch.utils.cpp_extension.load`, which runs ninja) with
@@ -27,13 +29,22 @@ import torch
 from backend.attention import DecodeKernel
 from backend.environment import compiler_environment, home_dir
 from backend.linear import SkinnyLinear
+from backend.model import DecodeLayer
+from backend.quantized import PackedKernels
 
 log = logging.getLogger(__name__)
 
 NAME = "llm_gateway_cpu_kernels"  # the library; its ops are torch.ops.llm_gateway.*
 SOURCES = [
-    Path(__file__).parent / name for name in ("paged_decode_attention.cpp", "skinny_linear.cpp")
+    Path(__file__).parent / name
+    for name in (
+        "paged_decode_attention.cpp",
+        "skinny_linear.cpp",
+        "quant_linear.cpp",
+        "decode_layer.cpp",
+    )
 ]
+HEADERS = [Path(__file__).parent / "kernels.h"]  # in the build key, not compiled alone
 # Ours; torch adds -std=c++20 -fPIC -shared, its include paths, the C++ ABI define and
 # its libraries. -fno-math-errno lets the compiler vectorise exp(); the rest is plain
 # -O3 for this CPU, with OpenMP.
@@ -46,6 +57,8 @@ STALE_LOCK_SECONDS = 600  # a build lock this old was left by a build that was k
 class CpuKernels:
     paged_decode: DecodeKernel  # attention.py's decode_kernel
     skinny_linear: SkinnyLinear  # linear.py's few-row matmul
+    packed: PackedKernels  # quantized/packed_linear.py's block matmul and expansion
+    decode_layer: DecodeLayer  # model.py's fused decoder layer for one-query rows
 
 
 _lock = threading.Lock()
@@ -61,23 +74,12 @@ def load_cpu_kernels(compiler: str | None = None, home: Path | None = None) -> C
         if not _built["library"]:
             return None
     ops = torch.ops.llm_gateway
-    return CpuKernels(ops.paged_decode_attention, ops.skinny_linear)
-
-
-def paged_decode_kernel(
-    compiler: str | None = None, home: Path | None = None
-) -> DecodeKernel | None:
-    """The fused CPU decode-attention op; None when unavailable."""
-    kernels = load_cpu_kernels(compiler, home)
-    return kernels.paged_decode if kernels is not None else None
-
-
-def skinny_linear_kernel(
-    compiler: str | None = None, home: Path | None = None
-) -> SkinnyLinear | None:
-    """The few-row float32 matmul op (backend/linear.py); None when unavailable."""
-    kernels = load_cpu_kernels(compiler, home)
-    return kernels.skinny_linear if kernels is not None else None
+    return CpuKernels(
+        ops.paged_decode_attention,
+        ops.skinny_linear,
+        PackedKernels(ops.quant_linear, ops.dequantize_packed),
+        ops.decode_layer,
+    )
 
 
 def _build_and_load(compiler: str | None, home: Path | None) -> bool:
@@ -115,7 +117,7 @@ def _build_and_load(compiler: str | None, home: Path | None) -> bool:
 def _build_key(compiler: str) -> str:
     key = hashlib.sha256()
     for part in (
-        *(source.read_bytes() for source in SOURCES),
+        *(source.read_bytes() for source in SOURCES + HEADERS),
         torch.__version__.encode(),
         " ".join(CFLAGS + LDFLAGS).encode(),
         compiler.encode(),

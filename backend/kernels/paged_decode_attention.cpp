@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -100,6 +102,10 @@ void decode_kernel(const at::Tensor& out, const at::Tensor& q, const at::Tensor&
   });
 }
 
+}  // namespace
+
+namespace llm_gateway {
+
 void paged_decode_attention(const at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
                             const at::Tensor& v_cache, const at::Tensor& block_tables,
                             const at::Tensor& ctx_lens, double scale) {
@@ -125,7 +131,7 @@ void paged_decode_attention(const at::Tensor& out, const at::Tensor& q, const at
   });
 }
 
-}  // namespace
+}  // namespace llm_gateway
 
 TORCH_LIBRARY_FRAGMENT(llm_gateway, m) {
   m.def(
@@ -134,5 +140,5 @@ TORCH_LIBRARY_FRAGMENT(llm_gateway, m) {
 }
 
 TORCH_LIBRARY_IMPL(llm_gateway, CPU, m) {
-  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("paged_decode_attention", &llm_gateway::paged_decode_attention);
 }

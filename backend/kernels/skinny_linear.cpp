@@ -19,6 +19,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "kernels.h"
+
 #include <cstring>
 
 namespace {
@@ -72,6 +74,10 @@ inline void row_tile(const float* x, const float* w, float* out, int64_t M, int6
   for (; m < M; ++m) tile<RW, 1>(x, w, out, K, N, m, n0);
 }
 
+}  // namespace
+
+namespace llm_gateway {
+
 void skinny_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "x, w, out must be 2-D");
   TORCH_CHECK(x.size(1) == w.size(1), "x [M, K] and w [N, K] disagree on K");
@@ -99,10 +105,10 @@ void skinny_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor&
   });
 }
 
-}  // namespace
+}  // namespace llm_gateway
 
 TORCH_LIBRARY_FRAGMENT(llm_gateway, m) {
   m.def("skinny_linear(Tensor(a!) out, Tensor x, Tensor w) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(llm_gateway, CPU, m) { m.impl("skinny_linear", &skinny_linear); }
+TORCH_LIBRARY_IMPL(llm_gateway, CPU, m) { m.impl("skinny_linear", &llm_gateway::skinny_linear); }

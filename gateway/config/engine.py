@@ -60,6 +60,14 @@ class EngineSection(Section, frozen=True):
     prefix_caching: Annotated[
         bool, Meta(description="reuse the KV blocks of prompts' common prefixes")
     ] = True
+    quantization: Annotated[
+        Literal["auto", "none", "int8", "int4"],
+        Meta(
+            description="auto = a GGUF's Q8_0/Q4_0/Q4_1 weights stay packed and decode with "
+            "int8 activations as llama.cpp does (CPU, float32); none = every weight expanded "
+            "to dtype (the exact reference); int8/int4 = quantize at load (Q8_0/Q4_1)"
+        ),
+    ] = "auto"
     int8_decode: Annotated[
         bool, Meta(description="CPU: int8 weight copies for small decode steps (not bit-exact)")
     ] = False

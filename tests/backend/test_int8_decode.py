@@ -43,7 +43,8 @@ def test_small_steps_use_int8_and_large_steps_stay_exact() -> None:
 
 
 def test_engine_with_int8_decode_answers_correctly(smollm2_gguf: Path) -> None:
-    loaded = load_model(smollm2_gguf)  # its own copy: int8 copies are attached in place
+    # Its own float copy: int8 copies are attached in place (to dense layers only).
+    loaded = load_model(smollm2_gguf, quantization="none")
     eng = Engine(loaded, small_kv_config(int8_decode=True))
     tok = loaded.tokenizer
     ids = tok.encode(

@@ -82,8 +82,7 @@ def manual_greedy(loaded: LoadedModel, prompt_ids: list[int], n: int) -> list[in
     """Greedy decoding written out by hand: the whole sequence is recomputed from scratch
     each step in a fresh cache, so neither paging nor KV reuse is involved (no EOS check)."""
     model = loaded.model
-    device = model.embed_tokens.weight.device
-    dtype = model.embed_tokens.weight.dtype
+    device, dtype = model.device, model.dtype
     ids = list(prompt_ids)
     with torch.inference_mode():
         for _ in range(n):

@@ -9,20 +9,14 @@ import pytest
 import torch
 
 from backend.attention import AttentionMetadata, DecodeKernel, paged_attention
-from backend.kernels import paged_decode_kernel
-from gateway.config import engine_environment
+from backend.kernels import CpuKernels
 
 BLOCK = 16
 
 
 @pytest.fixture(scope="module")
-def kernel() -> DecodeKernel:
-    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS, CXX, LLM_GATEWAY_HOME
-    if not env.cpu_kernels:
-        pytest.skip("CPU kernels turned off by LLM_GATEWAY_CPU_KERNELS=0")
-    op = paged_decode_kernel(env.compiler, env.home)
-    assert op is not None, "the CPU attention kernel did not build (is g++ installed?)"
-    return op
+def kernel(cpu_kernels: CpuKernels) -> DecodeKernel:
+    return cpu_kernels.paged_decode
 
 
 def _decode_case(

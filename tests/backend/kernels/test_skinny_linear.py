@@ -9,19 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.kernels import skinny_linear_kernel
+from backend.kernels import CpuKernels
 from backend.linear import SKINNY_MAX_ROWS, SkinnyLinear, attach_skinny, project
-from gateway.config import engine_environment
 
 
 @pytest.fixture(scope="module")
-def kernel() -> SkinnyLinear:
-    env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS, CXX, LLM_GATEWAY_HOME
-    if not env.cpu_kernels:
-        pytest.skip("CPU kernels turned off by LLM_GATEWAY_CPU_KERNELS=0")
-    op = skinny_linear_kernel(env.compiler, env.home)
-    assert op is not None, "the CPU kernels did not build (is g++ installed?)"
-    return op
+def kernel(cpu_kernels: CpuKernels) -> SkinnyLinear:
+    return cpu_kernels.skinny_linear
 
 
 # N not a multiple of the 4-row weight tile, K not a multiple of the 8-float vector.

@@ -40,6 +40,7 @@ NON_DEFAULT = {
     "max_num_batched_tokens": 256,
     "block_size": 32,
     "prefix_caching": False,
+    "quantization": "int4",
     "int8_decode": True,
     "kernels": "torch",
     "speculative": "self-draft",
