@@ -8,10 +8,10 @@ one matmul each, which matters at batch 1 where every kernel launch counts.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -307,16 +307,20 @@ class LlamaModel(nn.Module):
     def allocate_kv_cache(
         self, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
-        """[L, 2, num_blocks, block_size, Hkv, D], zeros. On CPU the zeros are the
-        operating system's untouched zero pages (calloc, through numpy): a page becomes
-        resident when a block on it is first written, so the pool's size is a cap, not what
-        the process holds (the block manager hands out the lowest free ids first)."""
+        """[L, 2, num_blocks, block_size, Hkv, D], zeros. On CPU the zeros are an
+        anonymous mapping's untouched pages: a page becomes resident when a block on it is
+        first written, so the pool's size is a cap, not what the process holds (the block
+        manager hands out the lowest free ids first). Small pages (no transparent huge
+        pages, which numpy's allocator asks for): a 2 MB page per layer's first K/V write
+        would hold 8 MB a layer for a one-token context."""
         cfg = self.config
         shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
         if device.type != "cpu":
             return torch.zeros(shape, dtype=dtype, device=device)
-        nbytes = math.prod(shape) * dtype.itemsize
-        return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+        pages = mmap.mmap(-1, math.prod(shape) * dtype.itemsize)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
+            pages.madvise(mmap.MADV_NOHUGEPAGE)
+        return torch.frombuffer(pages, dtype=dtype).view(shape)  # keeps `pages` alive
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, vocab]."""

@@ -51,7 +51,7 @@ PAD = 0  # transformers' padding id (masked out by attention_mask), as in bench/
 Req = tuple[list[int], int]  # (prompt ids, requested output tokens)
 WORKLOAD_ARGS = "dtype threads rounds num_requests prompt_len output_len hf_batch_sizes \
 prefix_tokens ttft_samples decode_prompt_tokens decode_new_tokens"
-ENGINE_ARGS = "block_size max_num_seqs max_num_batched_tokens kv_cache_gb"
+ENGINE_ARGS = "block_size max_num_seqs max_num_batched_tokens kv_cache_gb quantization"
 
 
 def offline_workload(tokenizer: Any, n: int, plens: list[int], olens: list[int]) -> list[Req]:
@@ -224,6 +224,10 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=1024)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--kv-cache-gb", type=float, default=None, help="default: the engine's")
+    ap.add_argument(
+        "--quantization", choices=["auto", "none"], default="auto",
+        help="auto: a GGUF's quantized blocks stay packed (the engine's default); none: float",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/engine.json"))
     args = ap.parse_args()
 
@@ -231,7 +235,7 @@ def main() -> None:
     env = engine_environment()  # LLM_GATEWAY_CPU_KERNELS=0, CXX, LLM_GATEWAY_HOME
     path = args.model or default_model_path(home=env.home)
     dtype = DTYPES[args.dtype]
-    loaded = load_model(path, dtype, "cpu")
+    loaded = load_model(path, dtype, "cpu", args.quantization)
     config = env.apply(
         EngineConfig(
             block_size=args.block_size,
