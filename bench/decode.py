@@ -101,14 +101,19 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+def add_decode_args(ap: argparse.ArgumentParser) -> None:
+    """The flags of a batch-1 greedy decode run, shared with bench/quantized.py."""
+    ap.add_argument("--model", type=Path, default=None, help="a GGUF (default: the bundled one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for decode")
     ap.add_argument("--new-tokens", type=int, default=128)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_decode_args(ap)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for decode")
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument(
         "--int8-decode", action="store_true",

@@ -4,27 +4,19 @@ should. The figures themselves are for a GPU machine: nothing here asserts a spe
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.gpu import peak_bandwidth
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.run import run_bench
 
 
 @pytest.mark.slow
 def test_dry_run_writes_every_section(smollm2_gguf: Path, tmp_path: Path) -> None:
-    out = tmp_path / "gpu.json"
-    cmd = [sys.executable, "bench/gpu.py", "--dry-run", "--model", str(smollm2_gguf)]
-    proc = subprocess.run(
-        [*cmd, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    res = run_bench(
+        "bench/gpu.py", tmp_path / "gpu.json", "--dry-run", "--model", str(smollm2_gguf)
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
     assert res["dry_run"] is True
     assert res["workload"]["device"] == "cpu"
     assert res["decode_batch1"]["tok_s"]["median"] > 0
