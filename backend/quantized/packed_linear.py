@@ -65,10 +65,6 @@ class PackedLinear(nn.Module):
         # where on a borderline token the rounding picks another word.
         self.exact_activations = False
 
-    @property
-    def nbytes(self) -> int:
-        return self.blocks.numel()
-
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight expanded: [out_features, in_features]."""
         return self._expand(self.blocks).to(dtype)
