@@ -64,6 +64,12 @@ class Engine:
         if config.int8_decode:
             if self.device.type != "cpu":
                 raise ValueError("int8_decode is implemented for CPU only")
+            if self.model.packed_layers():
+                log.warning(
+                    "int8_decode copies float layers only: the packed ones (quantization "
+                    "auto) decode with int8 activations already; quantization none + "
+                    "int8_decode is the float model with int8 copies"
+                )
             self.model.enable_int8_decode()
         num_blocks = config.num_kv_blocks or self._blocks_that_fit(config)
         # A sequence must fit in the cache on its own, or it could never be scheduled.
