@@ -70,6 +70,22 @@ def _paged_offsets(  # type: ignore[no-untyped-def]
 
 
 @_jit
+def _kv_tile(  # type: ignore[no-untyped-def]
+    k_cache, v_cache, table_row, start, ctx, offs_d, kh,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    s_blk, s_tok, s_head,
+):  # fmt: skip
+    # Keys start .. start + BLOCK_N of KV head kh: (positions [N], in context [N], k, v [N, D])
+    offs_n = start + tl.arange(0, BLOCK_N)
+    n_valid = offs_n < ctx
+    kv_ok = n_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
+    offs = _paged_offsets(table_row, offs_n, n_valid, offs_d, kh, BLOCK_SIZE, s_blk, s_tok, s_head)
+    k = tl.load(k_cache + offs, mask=kv_ok, other=0.0)
+    v = tl.load(v_cache + offs, mask=kv_ok, other=0.0)
+    return offs_n, n_valid, k, v
+
+
+@_jit
 def _dot(a, b, UPCAST: tl.constexpr):  # type: ignore[no-untyped-def]
     if UPCAST:  # triton's interpreter multiplies bfloat16 bit patterns as integers
         a = a.to(tl.float32)
@@ -114,14 +130,10 @@ def _decode_kernel(  # type: ignore[no-untyped-def]
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
     for start in range(0, ctx, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < ctx
-        kv_ok = n_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
-        offs = _paged_offsets(
-            table_row, offs_n, n_valid, offs_d, kh, BLOCK_SIZE, s_blk, s_tok, s_head
-        )
-        k = tl.load(k_cache + offs, mask=kv_ok, other=0.0)  # [N, D]
-        v = tl.load(v_cache + offs, mask=kv_ok, other=0.0)
+        _, n_valid, k, v = _kv_tile(
+            k_cache, v_cache, table_row, start, ctx, offs_d, kh,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, s_blk, s_tok, s_head,
+        )  # fmt: skip
         valid = n_valid[None, :]  # [1, N]: every query head sees the whole context
         m_i, l_i, acc = _softmax_step(qv, k, v, valid, m_i, l_i, acc, qk_scale, UPCAST)
 
@@ -156,14 +168,10 @@ def _prefill_kernel(  # type: ignore[no-untyped-def]
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     end = tl.minimum(ctx_len, past + (pid_m + 1) * BLOCK_M)  # causal: no key past the last row
     for start in range(0, end, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < ctx_len
-        kv_ok = n_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
-        offs = _paged_offsets(
-            block_ids, offs_n, n_valid, offs_d, kh, BLOCK_SIZE, s_blk, s_tok, s_head
-        )
-        k = tl.load(k_cache + offs, mask=kv_ok, other=0.0)  # [N, D]
-        v = tl.load(v_cache + offs, mask=kv_ok, other=0.0)
+        offs_n, n_valid, k, v = _kv_tile(
+            k_cache, v_cache, block_ids, start, ctx_len, offs_d, kh,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, s_blk, s_tok, s_head,
+        )  # fmt: skip
         valid = (offs_n[None, :] <= q_pos[:, None]) & n_valid[None, :]  # [M, N]
         m_i, l_i, acc = _softmax_step(qv, k, v, valid, m_i, l_i, acc, qk_scale, UPCAST)
 
