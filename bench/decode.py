@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -35,6 +34,7 @@ from backend.engine import Engine, EngineConfig
 from backend.loading.model_store import default_model_path
 from backend.loading.weights import load_model
 from backend.sampling_params import SamplingParams
+from bench.output import write_results
 from gateway.config import engine_environment
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -145,9 +145,7 @@ def main() -> None:
         results["rows"] += measure(path, name, args)
 
     print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out, results)
 
 
 def measure(path: Path, dtype_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:

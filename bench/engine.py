@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import sys
@@ -45,6 +44,7 @@ from bench.decode import (
     ours_measure,
     summary,
 )
+from bench.output import write_results
 from gateway.config import engine_environment
 
 PAD = 0  # transformers' padding id (masked out by attention_mask), as in bench/decode.py
@@ -269,9 +269,7 @@ def main() -> None:
     results["engine_counters_total"] = counters(engine)
     engine.shutdown()
     print_report(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out, results)
 
 
 def print_report(res: dict[str, Any]) -> None:

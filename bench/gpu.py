@@ -22,7 +22,6 @@ the card's peak, so the utilisation is the ratio to beat.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import sys
@@ -38,6 +37,7 @@ from backend.loading.model_store import default_model_path
 from backend.loading.weights import load_model
 from bench.decode import DTYPES, make_prompt_ids, ours_measure, summary
 from bench.engine import Req, ours_offline
+from bench.output import write_results
 from gateway.config import engine_environment
 
 # Peak memory bandwidth, bytes/s, by a pattern of torch.cuda.get_device_name(); first match.
@@ -181,9 +181,7 @@ def main() -> None:
     finally:
         engine.shutdown()
     print_report(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out, results)
 
 
 def print_report(res: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import Result, build_request, closed_loop, open_loop
+from bench.output import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM refuses to start without a master key; every target gets the same header.
@@ -300,9 +301,7 @@ def main() -> None:
             "highest_rps_before_p99_doubles": rps,
         }  # fmt: skip
         report(result)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.out}")
+        write_results(args.out, result)
     finally:
         for p in procs:
             p.terminate()

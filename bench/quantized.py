@@ -56,6 +56,7 @@ from backend.loading.weights import load_model
 from backend.sampling_params import SamplingParams
 from bench.decode import add_decode_args, summary
 from bench.llama_cpp_worker import PROC_STATUS_FIELDS, LlamaPeer, proc_memory
+from bench.output import write_results
 from bench.quantized_quality import BLOCK_SIZE, measure_quality, print_quality
 from gateway.config import engine_environment
 
@@ -407,9 +408,7 @@ def main() -> None:
     results["workload"]["load_average_end"] = os.getloadavg()[0]
 
     print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -42,6 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import soak_traffic as traffic
+from bench.output import write_results
 from bench.proc_sample import sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,9 +361,7 @@ def main() -> None:
         "log_problems": {k: log_problems(p)[:20] for k, p in logs.items()},
     }
     report(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -37,6 +36,7 @@ from backend.loading.weights import LoadedModel, load_model
 from backend.sampling_params import SamplingParams
 from backend.speculative import SpeculativeConfig
 from bench.decode import load_hf
+from bench.output import write_results
 from gateway.config import engine_environment
 
 PASSAGE = (
@@ -232,9 +232,7 @@ def main() -> None:
         "spec_counters": counters,
     }
     print_report(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out, result)
 
 
 def print_report(res: dict[str, Any]) -> None:
