@@ -52,16 +52,24 @@ def test_expansion_equals_the_reference_dequantizer(
     assert torch.equal(out, reference)
 
 
+def multiply(
+    kernels: PackedKernels, qtype: gguf.GGMLQuantizationType, m: int, exact: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x [m, 576], the expanded weight [203, 576], the kernel's x @ W^T [m, 203])."""
+    blocks, w = packed(qtype, 203, 576, seed=m)
+    x = torch.randn(m, 576, generator=torch.Generator().manual_seed((200 if exact else 100) + m))
+    out = torch.full((m, 203), float("nan"))
+    kernels.quant_linear(out, x, blocks, int(qtype), exact)
+    return x, w, out
+
+
 # N not a multiple of the 4-row weight tile; M odd and even (2-row x tiles), up to 16.
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("m", [1, 2, 5, 16])
 def test_matmul_is_the_int8_activation_product(
     kernels: PackedKernels, qtype: gguf.GGMLQuantizationType, m: int
 ) -> None:
-    blocks, w = packed(qtype, 203, 576, seed=m)
-    x = torch.randn(m, 576, generator=torch.Generator().manual_seed(100 + m))
-    out = torch.full((m, 203), float("nan"))
-    kernels.quant_linear(out, x, blocks, int(qtype), False)
+    x, w, out = multiply(kernels, qtype, m, exact=False)
     expected = (int8_blocks(x).double() @ w.double().T).float()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
     exact = x @ w.T
@@ -74,10 +82,7 @@ def test_exact_matmul_is_the_float_product(
     kernels: PackedKernels, qtype: gguf.GGMLQuantizationType, m: int
 ) -> None:
     """exact=True (the LM head): float32 x times the expanded blocks, no rounding of x."""
-    blocks, w = packed(qtype, 203, 576, seed=m)
-    x = torch.randn(m, 576, generator=torch.Generator().manual_seed(200 + m))
-    out = torch.full((m, 203), float("nan"))
-    kernels.quant_linear(out, x, blocks, int(qtype), True)
+    x, w, out = multiply(kernels, qtype, m, exact=True)
     expected = (x.double() @ w.double().T).float()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
 
