@@ -96,21 +96,47 @@ struct Q8_0 {
   }
 };
 
-// Q4 nibbles: element j < 16 is qs[j] & 0xF, element 16 + j is qs[j] >> 4.
-inline void nibbles(const uint8_t* qs, v8 q[4]) {
+// A block's 32 weight values as bytes, in element order. Q4 nibbles: element j < 16 is
+// qs[j] & 0xF, element 16 + j is qs[j] >> 4.
 #if defined(__AVX2__)
+typedef __m256i Ints;
+inline Ints q4_values(const uint8_t* qs) {
   const __m128i packed = _mm_loadu_si128((const __m128i*)qs), mask = _mm_set1_epi8(0x0F);
   const __m128i lo = _mm_and_si128(packed, mask);
   const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+  return _mm256_set_m128i(hi, lo);
+}
+inline Ints q8_values(const uint8_t* qs) { return _mm256_loadu_si256((const __m256i*)qs); }
+#else
+struct Ints {
+  int8_t v[32];
+};
+inline Ints q4_values(const uint8_t* qs) {
+  Ints w;
+  for (int j = 0; j < 16; ++j) {
+    w.v[j] = qs[j] & 0x0F;
+    w.v[16 + j] = qs[j] >> 4;
+  }
+  return w;
+}
+inline Ints q8_values(const uint8_t* qs) {
+  Ints w;
+  std::memcpy(w.v, qs, 32);
+  return w;
+}
+#endif
+
+// A Q4 block's 32 nibbles as floats, in four vectors (elements 0-7, 8-15, 16-23, 24-31).
+inline void nibbles(const uint8_t* qs, v8 q[4]) {
+  const Ints w = q4_values(qs);
+#if defined(__AVX2__)
+  const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
   q[0] = widen(lo);
   q[1] = widen(_mm_unpackhi_epi64(lo, lo));
   q[2] = widen(hi);
   q[3] = widen(_mm_unpackhi_epi64(hi, hi));
 #else
-  for (int j = 0; j < 16; ++j) {
-    q[j / 8][j % 8] = qs[j] & 0x0F;
-    q[2 + j / 8][j % 8] = qs[j] >> 4;
-  }
+  for (int j = 0; j < 32; ++j) q[j / 8][j % 8] = w.v[j];
 #endif
 }
 
@@ -173,14 +199,6 @@ XBlocks quantize_x(const float* x, int64_t M, int64_t K) {
 }
 
 #if defined(__AVX2__)
-typedef __m256i Ints;  // a block's 32 weight values as bytes, in element order
-inline Ints q4_values(const uint8_t* qs) {
-  const __m128i packed = _mm_loadu_si128((const __m128i*)qs), mask = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(packed, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-  return _mm256_set_m128i(hi, lo);
-}
-inline Ints q8_values(const uint8_t* qs) { return _mm256_loadu_si256((const __m256i*)qs); }
 // Σ over the block, as 8 partial int32 sums: w unsigned (Q4) or signed (Q8) bytes.
 inline __m256i dot_unsigned(Ints w, const int8_t* x) {
   const __m256i xv = _mm256_loadu_si256((const __m256i*)x);
@@ -193,22 +211,6 @@ inline __m256i dot_signed(Ints w, const int8_t* x) {
 }
 inline v8 to_float(__m256i v) { return (v8)_mm256_cvtepi32_ps(v); }
 #else
-struct Ints {
-  int8_t v[32];
-};
-inline Ints q4_values(const uint8_t* qs) {
-  Ints w;
-  for (int j = 0; j < 16; ++j) {
-    w.v[j] = qs[j] & 0x0F;
-    w.v[16 + j] = qs[j] >> 4;
-  }
-  return w;
-}
-inline Ints q8_values(const uint8_t* qs) {
-  Ints w;
-  std::memcpy(w.v, qs, 32);
-  return w;
-}
 inline v8 dot_lanes(const Ints& w, const int8_t* x) {
   v8 out;
   for (int i = 0; i < 8; ++i) {
