@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gguf
 import numpy as np
@@ -106,18 +106,20 @@ def _unpermute_rope(w: Weight, n_heads: int) -> Weight:
     # llama.cpp's converter reorders Q/K rows so each head's rotary pairs are adjacent
     # (i, i+1); undo it to get HF's rotate-half order (i, i + D/2). Whole rows move, so
     # packed rows move the same way.
-    if isinstance(w, RawBlocks):  # the same move on the file's rows: a numpy view
+    if isinstance(w, RawBlocks):  # the file's rows, moved as a numpy view
         (rows,) = w.parts
-        view = rows.reshape(n_heads, rows.shape[0] // n_heads // 2, 2, rows.shape[1])
-        return replace(w, parts=(view.swapaxes(1, 2).reshape(rows.shape),))
+        return replace(w, parts=(_unpermute_rows(rows, n_heads),))
     return _unpermute_rows(w, n_heads)
 
 
-def _unpermute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+Rows = TypeVar("Rows", torch.Tensor, np.ndarray)
+
+
+def _unpermute_rows(w: Rows, n_heads: int) -> Rows:
     out_features = w.shape[0]
     return (
         w.reshape(n_heads, out_features // n_heads // 2, 2, *w.shape[1:])
-        .transpose(1, 2)
+        .swapaxes(1, 2)
         .reshape(w.shape)
     )
 
@@ -139,21 +141,20 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device, keep: str) 
     gf = GGUFFile(path)
     tensors = gf.tensors
 
+    def expanded(name: str) -> torch.Tensor:
+        t = tensors[name]
+        return dequantize(t.data, t.ggml_type, t.shape, torch.float32)
+
     def get(name: str) -> Weight:
         t = tensors[name]
         if keep == "auto" and t.ggml_type in PACKED_TYPES and len(t.shape) == 2:
             return RawBlocks((t.data.reshape(t.shape[0], -1),), t.ggml_type, t.shape[1])
-        return dequantize(t.data, t.ggml_type, t.shape, torch.float32)
+        return expanded(name)
 
     tied = "output.weight" not in tensors
     vocab = tensors["token_embd.weight"].shape[0]
     cfg = ModelConfig.from_gguf_metadata(gf.metadata, vocab_size=vocab, tied=tied)
-    rope_freqs = tensors.get("rope_freqs.weight")
-    freq_factors = None
-    if rope_freqs is not None:
-        freq_factors = dequantize(
-            rope_freqs.data, rope_freqs.ggml_type, rope_freqs.shape, torch.float32
-        )
+    freq_factors = expanded("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
 
     def get_rope(name: str, heads: int) -> Weight:
         return _unpermute_rope(get(name), heads)
