@@ -51,6 +51,26 @@ class AttentionMetadata:
     prefill_kernel: PrefillKernel | None = None  # fused prefill attention; None: the torch path
 
     @classmethod
+    def single_decode(
+        cls,
+        position: int,
+        block_size: int,
+        decode_kernel: DecodeKernel | None = None,
+        device: torch.device | str = "cpu",
+    ) -> AttentionMetadata:
+        """One one-query row at `position` of a sequence laid out in blocks 0, 1, 2, ...
+        (scoring text one decode step at a time: tests and bench/quantized.py)."""
+        blocks = position // block_size + 1
+        return cls(
+            slot_mapping=torch.tensor([position], device=device),
+            num_decodes=1,
+            decode_block_tables=torch.arange(blocks, device=device)[None],  # [1, blocks]
+            decode_ctx_lens=torch.tensor([position + 1], device=device),
+            decode_max_ctx=position + 1,
+            decode_kernel=decode_kernel,
+        )
+
+    @classmethod
     def single_prefill(
         cls, num_tokens: int, block_size: int, device: torch.device | str = "cpu"
     ) -> AttentionMetadata:

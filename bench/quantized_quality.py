@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.attention import AttentionMetadata, DecodeKernel
-from backend.kernels.loader import CpuKernels, load_cpu_kernels
+from backend.kernels import CpuKernels, attach_cpu_kernels, load_cpu_kernels
 from backend.loading.weights import LoadedModel, load_model
 from backend.model import LlamaModel
 from gateway.config import engine_environment
@@ -56,24 +56,7 @@ class Variant:
 
 def scoring_variant(loaded: LoadedModel, name: str, kernels: CpuKernels) -> Variant:
     """The model as the engine sets it up on CPU: our kernels attached."""
-    model = loaded.model
-    model.enable_skinny_linear(kernels.skinny_linear)
-    model.enable_packed_kernels(kernels.packed)
-    fused = model.enable_fused_decode(kernels.decode_layer)
-    return Variant(name, model, fused)
-
-
-def decode_meta(p: int, kernel: DecodeKernel) -> AttentionMetadata:
-    """One one-query row at position p of a sequence laid out in blocks 0, 1, 2, ..."""
-    blocks = p // BLOCK_SIZE + 1
-    return AttentionMetadata(
-        slot_mapping=torch.tensor([p]),
-        num_decodes=1,
-        decode_block_tables=torch.arange(blocks)[None],  # [1, blocks]
-        decode_ctx_lens=torch.tensor([p + 1]),
-        decode_max_ctx=p + 1,
-        decode_kernel=kernel,
-    )
+    return Variant(name, loaded.model, attach_cpu_kernels(loaded.model, kernels))
 
 
 @torch.inference_mode()
@@ -87,7 +70,7 @@ def score_window(variants: list[Variant], ids: torch.Tensor, kernel: DecodeKerne
         v.model.allocate_kv_cache(num_blocks, BLOCK_SIZE, torch.float32, cpu) for v in variants
     ]
     for p in range(len(ids) - 1):
-        meta = decode_meta(p, kernel)
+        meta = AttentionMetadata.single_decode(p, BLOCK_SIZE, kernel)
         target = int(ids[p + 1])
         ref: torch.Tensor | None = None
         for v, kv in zip(variants, caches, strict=True):

@@ -31,7 +31,7 @@ from backend.engine.validation import (
     completion_room,
     prompt_token_ids,
 )
-from backend.kernels import CpuKernels, load_cpu_kernels
+from backend.kernels import CpuKernels, attach_cpu_kernels, load_cpu_kernels
 from backend.loading.weights import LoadedModel, load_model
 from backend.metrics import EngineMetrics
 from backend.request import Delta, Request, RequestStream
@@ -82,9 +82,7 @@ class Engine:
         if config.kernels == "auto" and self.device.type == "cpu":
             kernels = load_cpu_kernels(config.compiler, config.home)
         if kernels is not None:
-            self.model.enable_skinny_linear(kernels.skinny_linear)
-            self.model.enable_packed_kernels(kernels.packed)
-            self.model.enable_fused_decode(kernels.decode_layer)
+            attach_cpu_kernels(self.model, kernels)
         elif self.model.packed_layers():
             log.info("no CPU kernels: expanding the packed quantized weights to %s", self.dtype)
             self.model.unpack()

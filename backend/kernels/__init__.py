@@ -18,6 +18,6 @@ loader.py                   builds them with torch's JIT extension builder, once
 
 from __future__ import annotations
 
-from backend.kernels.loader import CpuKernels, load_cpu_kernels
+from backend.kernels.loader import CpuKernels, attach_cpu_kernels, load_cpu_kernels
 
-__all__ = ["CpuKernels", "load_cpu_kernels"]
+__all__ = ["CpuKernels", "attach_cpu_kernels", "load_cpu_kernels"]

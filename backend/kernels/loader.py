@@ -29,7 +29,7 @@ import torch
 from backend.attention import DecodeKernel
 from backend.environment import compiler_environment, home_dir
 from backend.linear import SkinnyLinear
-from backend.model import DecodeLayer
+from backend.model import DecodeLayer, LlamaModel
 from backend.quantized import PackedKernels
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,15 @@ class CpuKernels:
     skinny_linear: SkinnyLinear  # linear.py's few-row matmul
     packed: PackedKernels  # quantized/packed_linear.py's block matmul and expansion
     decode_layer: DecodeLayer  # model.py's fused decoder layer for one-query rows
+
+
+def attach_cpu_kernels(model: LlamaModel, kernels: CpuKernels) -> bool:
+    """Sets `model` up as the engine runs it on CPU: the few-row matmul for float layers,
+    the block kernels for packed ones, then the fused decode layer where every layer
+    suits it. Returns whether decode steps run fused."""
+    model.enable_skinny_linear(kernels.skinny_linear)
+    model.enable_packed_kernels(kernels.packed)
+    return model.enable_fused_decode(kernels.decode_layer)
 
 
 _lock = threading.Lock()

@@ -15,7 +15,7 @@ from torch import nn
 
 from backend.attention import AttentionMetadata
 from backend.engine import Engine, EngineConfig
-from backend.kernels import CpuKernels
+from backend.kernels import CpuKernels, attach_cpu_kernels
 from backend.loading.weights import LoadedModel, load_model
 from backend.quantized import PackedLinear
 from backend.sampling_params import SamplingParams
@@ -49,10 +49,7 @@ def reference(smollm2_gguf: Path) -> LoadedModel:
 
 
 def attach(loaded: LoadedModel, kernels: CpuKernels) -> LoadedModel:
-    model = loaded.model
-    model.enable_skinny_linear(kernels.skinny_linear)
-    model.enable_packed_kernels(kernels.packed)
-    assert model.enable_fused_decode(kernels.decode_layer)
+    assert attach_cpu_kernels(loaded.model, kernels)  # decode steps run fused
     return loaded
 
 
@@ -65,14 +62,7 @@ def teacher_forced(loaded: LoadedModel, ids: list[int], kernels: CpuKernels) -> 
     rows = []
     with torch.inference_mode():
         for p in range(len(ids) - 1):
-            meta = AttentionMetadata(
-                slot_mapping=torch.tensor([p]),
-                num_decodes=1,
-                decode_block_tables=torch.arange(blocks).view(1, -1),
-                decode_ctx_lens=torch.tensor([p + 1]),
-                decode_max_ctx=p + 1,
-                decode_kernel=kernels.paged_decode,
-            )
+            meta = AttentionMetadata.single_decode(p, 16, kernels.paged_decode)
             hidden = model.forward(torch.tensor([ids[p]]), torch.tensor([p]), meta, kv)
             rows.append(model.compute_logits(hidden)[0])
     return torch.stack(rows)
