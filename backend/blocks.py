@@ -7,6 +7,11 @@ A full, computed block is registered under a chained hash of (previous block's h
 token ids), so a later prompt with the same prefix reuses the block instead of recomputing
 it. Hashes only index the cache: a hit also needs equal token ids and the same parent
 registration (`_Block.parent`), so no hash collision can ever serve another prefix's KV.
+
+A prompt that shares a cached prefix ending mid-block (one system prompt, different
+questions; the same prompt again) also reuses the matching leading slots of the block
+where it diverges: they are copied into the sequence's own fresh block (`KvCopy`, done
+by the runner before the step's forward pass), as the cached block stays another's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,23 @@ class _Block:
     token_ids: tuple[int, ...] = ()  # while registered: the tokens, checked on every hit
     parent: int = _ROOT  # while registered: serial of the previous block's registration
     serial: int = _ROOT  # while registered: unique per registration, never reused
+
+
+@dataclass(frozen=True, slots=True)
+class KvCopy:
+    """Copy the K/V of the first `num_tokens` slots of block `src` into block `dst`."""
+
+    src: int
+    dst: int
+    num_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PrefixMatch:
+    hits: list[int]  # cached full blocks, in order
+    last_hash: int  # the chain state after them
+    parent: int
+    partial: tuple[int, int] | None = None  # (cached block, leading slots that match)
 
 
 @dataclass(slots=True)
@@ -61,6 +83,10 @@ class BlockManager:
         # recycled (oldest first) only when the free list is empty.
         self._evictable: OrderedDict[int, None] = OrderedDict()
         self._hash_to_block: dict[int, int] = {}
+        self._children: dict[int, list[int]] = {}  # parent serial -> its registered blocks
+        # Partial-block reuse, for the runner to do before the next forward pass; each
+        # source stays pinned (a reference) until take_copies() hands it over.
+        self._copies: list[KvCopy] = []
         self._seqs: dict[int, _SeqState] = {}  # by seq_id, sequences holding blocks
         self._next_serial = _ROOT + 1
 
@@ -78,12 +104,12 @@ class BlockManager:
     def _block_tokens(self, seq: Sequence, i: int) -> tuple[int, ...]:
         return tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
 
-    def _match_prefix(self, seq: Sequence) -> tuple[list[int], int, int]:
+    def _match_prefix(self, seq: Sequence) -> _PrefixMatch:
         """Cached blocks reusable for seq's prompt, and the chain state after them. Pure."""
         hits: list[int] = []
         h, parent = _ROOT, _ROOT
         if not self.prefix_caching:
-            return hits, h, parent
+            return _PrefixMatch(hits, h, parent)
         # The last token is always recomputed: the model must produce its logits.
         for i in range((seq.num_tokens - 1) // self.block_size):
             tokens = self._block_tokens(seq, i)
@@ -96,28 +122,45 @@ class BlockManager:
                 break  # hash collision: different content or different prefix
             hits.append(bid)
             h, parent = next_h, block.serial
-        return hits, h, parent
+        return _PrefixMatch(hits, h, parent, self._partial_match(seq, len(hits), parent))
 
-    def _cost(self, seq: Sequence, hits: list[int]) -> int:
-        """Allocatable blocks that admitting seq consumes, evictable hits included."""
-        reused_evictable = sum(1 for bid in hits if self._blocks[bid].ref_count == 0)
-        return self._blocks_for(seq.num_tokens) - len(hits) + reused_evictable
+    def _partial_match(self, seq: Sequence, index: int, parent: int) -> tuple[int, int] | None:
+        """The cached block after `parent` whose leading tokens match most of seq's block
+        `index` (its last token excluded), and how many match; None if none does."""
+        start = index * self.block_size
+        tail = seq.token_ids[start : min(start + self.block_size, seq.num_tokens - 1)]
+        best: tuple[int, int] | None = None
+        for bid in self._children.get(parent, ()):
+            cached, n = self._blocks[bid].token_ids, 0
+            while n < len(tail) and cached[n] == tail[n]:
+                n += 1
+            if n and (best is None or n > best[1]):
+                best = (bid, n)
+        return best
+
+    def _cost(self, seq: Sequence, match: _PrefixMatch) -> int:
+        """Allocatable blocks that admitting seq consumes, evictable hits included (and a
+        partial match's source, held until its slots are copied)."""
+        held = match.hits + ([match.partial[0]] if match.partial else [])
+        reused_evictable = sum(1 for bid in held if self._blocks[bid].ref_count == 0)
+        return self._blocks_for(seq.num_tokens) - len(match.hits) + reused_evictable
 
     def can_allocate(self, seq: Sequence) -> bool:
-        hits, _, _ = self._match_prefix(seq)
-        return self._cost(seq, hits) <= self.num_free_blocks
+        return self._cost(seq, self._match_prefix(seq)) <= self.num_free_blocks
 
     def allocate(self, seq: Sequence) -> None:
         if seq.block_table:
             raise ValueError(f"sequence {seq.seq_id} already holds blocks")
-        hits, h, parent = self._match_prefix(seq)
-        need = self._cost(seq, hits)
+        match = self._match_prefix(seq)
+        hits = match.hits
+        need = self._cost(seq, match)
         if need > self.num_free_blocks:
             raise RuntimeError(
                 f"cannot allocate sequence {seq.seq_id}: needs {need} blocks, "
                 f"{self.num_free_blocks} free (call can_allocate first)"
             )
-        for bid in hits:
+        held = hits + ([match.partial[0]] if match.partial else [])
+        for bid in held:
             block = self._blocks[bid]
             if block.ref_count == 0:
                 del self._evictable[bid]
@@ -125,11 +168,24 @@ class BlockManager:
         # Take new blocks only after the hits left the evictable pool, so none is recycled.
         fresh = [self._take_block() for _ in range(self._blocks_for(seq.num_tokens) - len(hits))]
         seq.block_table = hits + fresh
-        seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size
+        copied = 0
+        if match.partial:
+            src, copied = match.partial
+            self._copies.append(KvCopy(src, fresh[0], copied))
+        seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size + copied
         if self.prefix_caching:
             self.prefix_cache_queries += seq.num_tokens
             self.prefix_cache_hits += seq.num_cached_tokens
-        self._seqs[seq.seq_id] = _SeqState(seq, len(hits), h, parent)
+        self._seqs[seq.seq_id] = _SeqState(seq, len(hits), match.last_hash, match.parent)
+
+    def take_copies(self) -> list[KvCopy]:
+        """The slot copies that allocations since the last call need, for the runner to do
+        before the next forward pass. Their sources are released here: call after the
+        step is scheduled, when nothing is allocated until the copies are done."""
+        copies, self._copies = self._copies, []
+        for c in copies:
+            self._release(c.src)
+        return copies
 
     def _take_block(self) -> int:
         """A fresh block: from the free list, else by evicting the LRU cached block."""
@@ -147,22 +203,29 @@ class BlockManager:
         block = self._blocks[bid]
         assert block.hash is not None
         del self._hash_to_block[block.hash]
+        siblings = self._children[block.parent]
+        siblings.remove(bid)
+        if not siblings:
+            del self._children[block.parent]
         block.hash, block.token_ids, block.parent, block.serial = None, (), _ROOT, _ROOT
 
     def free(self, seq: Sequence) -> None:
         # Reverse order: tails land in the LRU pool first and so are evicted before the
         # heads, which are the blocks most likely to be shared by later prompts.
         for bid in reversed(seq.block_table):
-            block = self._blocks[bid]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                if block.hash is not None:
-                    self._evictable[bid] = None
-                else:
-                    heapq.heappush(self._free, bid)
+            self._release(bid)
         seq.block_table = []
         seq.num_computed_tokens = seq.num_cached_tokens = 0
         self._seqs.pop(seq.seq_id, None)
+
+    def _release(self, bid: int) -> None:
+        block = self._blocks[bid]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            if block.hash is not None:
+                self._evictable[bid] = None
+            else:
+                heapq.heappush(self._free, bid)
 
     def can_append(self, seq: Sequence, lookahead: int = 0) -> bool:
         need = self._blocks_for(seq.num_tokens + lookahead) - len(seq.block_table)
@@ -214,6 +277,7 @@ class BlockManager:
                 block.hash, block.token_ids, block.parent = h, tokens, state.parent
                 block.serial, self._next_serial = self._next_serial, self._next_serial + 1
                 self._hash_to_block[h] = bid
+                self._children.setdefault(block.parent, []).append(bid)
                 state.parent = block.serial
             else:
                 # An identical block registered by another sequence (ours stays a private
@@ -241,6 +305,8 @@ class BlockManager:
             assert state.seq.num_computed_tokens <= len(table) * self.block_size
             for bid in table:
                 refs[bid] += 1
+        for c in self._copies:
+            refs[c.src] += 1  # pinned until take_copies
         free, evictable = set(self._free), set(self._evictable)
         assert len(free) == len(self._free), "free list repeats a block"
         assert not free & evictable
@@ -257,5 +323,9 @@ class BlockManager:
                 assert len(block.token_ids) == self.block_size and block.serial != _ROOT
         for h, bid in self._hash_to_block.items():
             assert self._blocks[bid].hash == h
+        children = sorted(b for bids in self._children.values() for b in bids)
+        assert children == sorted(self._hash_to_block.values())
+        for parent, bids in self._children.items():
+            assert all(self._blocks[b].parent == parent for b in bids)
         if not self.prefix_caching:
             assert not self._hash_to_block

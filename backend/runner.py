@@ -55,6 +55,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
+        for c in batch.kv_copies:  # partial-block prefix reuse (blocks.py), before any write
+            self.kv_cache[:, :, c.dst, : c.num_tokens] = self.kv_cache[:, :, c.src, : c.num_tokens]
+
         def is_prefill(i: int) -> bool:
             return batch.num_new_tokens[i] > 1 and not batch.seqs[i].draft
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from backend.blocks import BlockManager
+from backend.blocks import BlockManager, KvCopy
 from backend.sequence import Sequence, SequenceStatus
 
 
@@ -40,6 +40,8 @@ class ScheduledBatch:
     preempted: list[Sequence] = field(default_factory=list)
     # Speculative guesses thrown away after verification, by seq_id (set by the engine).
     num_rejected: dict[int, int] = field(default_factory=dict)
+    # Cached slots the runner copies into admitted sequences' blocks before the step.
+    kv_copies: list[KvCopy] = field(default_factory=list)
 
     def add(self, seq: Sequence, num_tokens: int) -> None:
         """num_tokens: of seq's uncomputed tokens, then of its guesses (seq.draft)."""
@@ -106,6 +108,7 @@ class Scheduler:
             n = min(seq.num_uncomputed_tokens, budget)
             batch.add(seq, n)
             budget -= n
+        batch.kv_copies = self.blocks.take_copies()
         return batch
 
     def _make_room_for(self, seq: Sequence, batch: ScheduledBatch) -> bool:

@@ -65,7 +65,11 @@ def test_exactly_full_blocks_leave_last_block_to_compute() -> None:
     run_prefill(bm, make_seq(list(range(12))))
     b = make_seq(list(range(12)))
     bm.allocate(b)
-    assert b.num_cached_tokens == 8  # 2 of 3 blocks: the last token needs logits
+    # 2 of 3 blocks, and the third's first 3 slots copied: the last token needs logits
+    assert b.num_cached_tokens == 11
+    bm._check()
+    (copy,) = bm.take_copies()
+    assert (copy.dst, copy.num_tokens) == (b.block_table[2], 3)
     bm._check()
 
 
@@ -80,9 +84,16 @@ def test_divergence_reuses_only_earlier_blocks(diverge_at: int) -> None:
     b = make_seq(other)
     bm.allocate(b)
     k = diverge_at // 4
-    assert b.num_cached_tokens == 4 * k
+    # full blocks shared; the slots before the divergence in its block copied
+    assert b.num_cached_tokens == diverge_at
     assert b.block_table[:k] == a.block_table[:k]
     assert not set(b.block_table[k:]) & set(a.block_table)
+    bm._check()
+    copies = bm.take_copies()
+    if diverge_at % 4:
+        assert copies == [blocks.KvCopy(a.block_table[k], b.block_table[k], diverge_at % 4)]
+    else:
+        assert copies == []
     bm._check()
 
 

@@ -1,7 +1,8 @@
 """BlockManager under a random workload: admissions (with shared prefixes), chunked
 compute, decode growth, preemption and frees, with weak hash functions that collide on
 purpose. After every action its invariants hold, and every prefix-cache hit serves KV
-computed from exactly the same tokens (a shadow copy records what each slot holds)."""
+computed from exactly the same tokens (a shadow copy records what each slot holds),
+slots copied from a block that matches part of the way included."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ class Simulation:
             self.waiting.append(seq)
             return
         bm.allocate(seq)
+        bm._check()  # a partial match's source is held until its slots are copied
+        for c in bm.take_copies():  # what the runner does before the step
+            assert bm._blocks[c.dst].ref_count == 1 and c.dst in seq.block_table
+            self.kv[c.dst][: c.num_tokens] = self.kv[c.src][: c.num_tokens]
         assert len(seq.block_table) == -(-seq.num_tokens // bs)
         assert seq.num_cached_tokens < seq.num_tokens
         for p in range(seq.num_cached_tokens):  # every hit slot holds this exact prefix

@@ -162,6 +162,11 @@ def test_a_second_choice_waits_for_the_first_to_compute_the_shared_prompt() -> N
     assert plan(step(s)) == [(first.seq_id, 16)]  # second held back: prompt not computed yet
     assert plan(step(s)) == [(first.seq_id, 16)]
     assert plan(step(s)) == [(first.seq_id, 8)]  # first's prompt is now complete
-    batch = step(s)  # second is admitted: 9 of its 10 blocks come from the prefix cache
-    assert plan(batch) == [(first.seq_id, 1), (second.seq_id, 4)]
-    assert second.num_cached_tokens == 36  # every full block of the prompt but the last token's
+    # second is admitted: 9 of its 10 blocks come from the prefix cache, and the first
+    # 3 slots of the last are copied from first's (the last token needs its logits)
+    batch = step(s)
+    assert plan(batch) == [(first.seq_id, 1), (second.seq_id, 1)]
+    assert second.num_cached_tokens == 39
+    assert [(c.src, c.dst, c.num_tokens) for c in batch.kv_copies] == [
+        (first.block_table[9], second.block_table[9], 3)
+    ]

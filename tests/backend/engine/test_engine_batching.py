@@ -105,13 +105,23 @@ def test_prefix_cache_hit_gives_identical_output_and_skips_prefill(loaded: Loade
         assert again == cold
         bs = eng.config.block_size
         hits = eng.blocks.prefix_cache_hits
-        assert hits == (len(first) - 1) // bs * bs  # all but the last token's block: not computed
+        # Every full block but the last token's (it needs logits). The short answer never
+        # filled that block, so it was never cached (only full blocks are).
+        assert hits == (len(first) - 1) // bs * bs
         shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
-        asyncio.run(_run(eng, second, GREEDY))
-        assert eng.blocks.prefix_cache_hits - hits == shared // bs * bs  # the shared system prompt
+        assert shared % bs  # the prompts part mid-block
+        second_out = asyncio.run(_run(eng, second, GREEDY))
+        # The shared system prompt: its full blocks, and the slots before the divergence
+        # in its block copied from first's
+        assert eng.blocks.prefix_cache_hits - hits == shared
         assert eng.blocks.prefix_cache_queries == 2 * len(first) + len(second)
     finally:
         eng.shutdown()
+    uncached = _engine(loaded, prefix_caching=False)
+    try:
+        assert asyncio.run(_run(uncached, second, GREEDY)) == second_out
+    finally:
+        uncached.shutdown()
 
 
 def test_preemption_under_a_tiny_kv_pool_keeps_outputs_correct(
