@@ -99,7 +99,8 @@ class EngineMetrics:
         self.spec_plans = counter(
             "spec_decode_plans",
             "Steps by why speculation stopped where it did: max_draft (all it could), "
-            "not_worth_it (a guess would lower expected tokens/s), no_proposal.",
+            "not_worth_it (a guess would lower expected tokens/s), no_proposal, probe (every "
+            "16th declined plan: one sequence fed all its guesses, to check the step cost).",
             ("reason",),
             prefix=OURS,
         )

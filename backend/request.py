@@ -48,6 +48,7 @@ class SpecState:
 
     tracker: AcceptanceTracker
     ngram: NgramIndex | None = None
+    run: int = 0  # the current guesses' Proposal.run, for recording what was kept
     accepted: int = 0  # guesses kept, over the whole request
     rejected: int = 0  # guesses thrown away
 

@@ -21,12 +21,15 @@ from backend.speculative import (
     NgramIndex,
     NgramProposer,
     Plan,
+    Proposal,
     ProposalRequest,
     Proposer,
+    RunAcceptance,
     SpeculativeConfig,
     StepCost,
     plan_drafts,
 )
+from backend.speculative.planner import PROBE_EVERY, probe
 from backend.speculative.self_draft import SelfDraftProposer
 
 
@@ -53,6 +56,9 @@ class Speculation:
         self.metrics = metrics
         self.max_model_len = max_model_len
         self.step_cost = StepCost()
+        self._declined = 0  # plans that stopped short of the guesses on offer (probe)
+        # What every sequence's acceptance estimate starts from: this engine's experience.
+        self.acceptance = RunAcceptance(config.prior_acceptance)
         self.proposer = build_proposer(config, runner)
 
     def wants(self, params: SamplingParams) -> bool:
@@ -65,7 +71,7 @@ class Speculation:
         ngram = None
         if self.config.method == "ngram":
             ngram = NgramIndex(self.config.ngram_min, self.config.ngram_max)
-        return SpecState(AcceptanceTracker(self.config.prior_acceptance), ngram)
+        return SpecState(AcceptanceTracker(self.acceptance), ngram)
 
     def propose(self, requests: Mapping[int, Request]) -> None:
         """Sets seq.draft for the running decodes whose guesses the planner finds worth
@@ -73,26 +79,21 @@ class Speculation:
         decodes = self._decodes(requests)
         if not decodes:
             return
-        proposals = [p for _, _, p in decodes]
         if self.proposer.lazy:  # a model proposer: plan first, then guess what is planned
-            candidates = [
-                Candidate(s.tracker.rate, p.max_tokens, r.seq.num_tokens) for r, s, p in decodes
-            ]
-            plan = self._plan(candidates)
             # Placeholders: the step is scheduled with them, then fill() guesses.
-            drafts = [[0] * k for k in plan.num_draft]
+            proposals = [Proposal([0] * p.max_tokens) for _, _, p in decodes]
         else:  # cheap guesses first, so the plan sees how many each sequence has
-            guesses = self.proposer.propose(proposals)
-            candidates = [
-                Candidate(s.tracker.rate, len(g), r.seq.num_tokens)
-                for (r, s, _), g in zip(decodes, guesses, strict=True)
-            ]
-            plan = self._plan(candidates)
-            drafts = [g[:k] for g, k in zip(guesses, plan.num_draft, strict=True)]
+            proposals = self.proposer.propose([p for _, _, p in decodes])
+        candidates = [
+            Candidate(s.tracker.rates(g.run, len(g.tokens)), len(g.tokens), r.seq.num_tokens)
+            for (r, s, _), g in zip(decodes, proposals, strict=True)
+        ]
+        plan = self._plan(candidates)
         self.metrics.on_plan(plan.reason)
-        for (req, spec, _), draft in zip(decodes, drafts, strict=True):
-            req.seq.draft = list(draft)
-            if not draft:
+        for (req, spec, _), g, k in zip(decodes, proposals, plan.num_draft, strict=True):
+            req.seq.draft = g.tokens[:k]
+            spec.run = g.run
+            if not k:
                 spec.tracker.idle()
 
     def fill(self, seqs: Seq[Sequence]) -> None:
@@ -107,34 +108,39 @@ class Speculation:
         """What verification kept of a request's guesses this step."""
         if req.spec is None or not num_drafted:
             return
-        req.spec.tracker.record(num_drafted, num_accepted)
+        req.spec.tracker.record(req.spec.run, num_drafted, num_accepted)
         req.spec.accepted += num_accepted
         req.spec.rejected += num_drafted - num_accepted
         self.metrics.on_verify(num_drafted, num_accepted)
 
     def calibrate(self) -> None:
-        """Times forward steps of 1..128 tokens, and one-query rows over a short and a long
-        context: the shape of this machine's cost (StepCost); real steps then only rescale
-        it. Call while the cache holds nothing in use.
+        """Times forward steps of 1..128 one-query rows (what decodes and verify rows are)
+        over a short context, and 8 rows over a long one: the shape of this machine's
+        cost (StepCost), which real steps rescale (and reshape where it is far off). Call
+        while the cache holds nothing in use.
 
-        The sizes are timed in interleaved passes, each size's best kept: other work on
-        the machine (a busy core, a neighbour's burst) then falls on every size alike
-        instead of on whichever sizes were being timed when it came. Timed one size
-        after another, a quiet one-token point beside slowed larger ones made every guess
-        look dear for the server's whole life."""
+        Rows, not a prefill of as many tokens: a few rows take the fused decode layer
+        (model.py), a prefill the per-operation path, which on packed weights cost 2-3x
+        more a step and made every guess look dear. The shapes are timed in interleaved
+        passes, each one's best kept: other work on the machine (a busy core, a
+        neighbour's burst) then falls on every shape alike instead of on whichever were
+        being timed when it came. Timed one after another, a quiet one-token point beside
+        slowed larger ones made every guess look dear for the server's whole life."""
         # Both sides of where the few-row matmul hands over to BLAS, where the curve jumps.
         edges = (SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 1)
+        short, long, rows = min(16, self.max_model_len - 1), min(1024, self.max_model_len), 8
         sizes = sorted({1, 2, 4, 8, 12, *edges, 24, 32, 48, 64, 128})
-        sizes = [n for n in sizes if n <= self.max_model_len]
-        self.runner.time_forward(sizes[-1])  # warm-up: first calls allocate and pick kernels
-        best = _interleaved_best([(n, 0) for n in sizes], self.runner.time_forward)
-        for n in sizes:
-            self.step_cost.calibrate(n, best[(n, 0)])
-        rows, short, long = 8, 16, min(1024, self.max_model_len)
+        sizes = [n for n in sizes if n + short <= self.max_model_len] or [1]
+        shapes = [(n, short) for n in sizes]
         if long > 4 * short:
-            timed = _interleaved_best([(rows, short), (rows, long)], self.runner.time_forward)
-            t_short, t_long = timed[(rows, short)], timed[(rows, long)]
-            self.step_cost.attention = max(t_long - t_short, 0.0) / (rows * (long - short))
+            shapes.append((rows, long))
+        self.runner.time_forward(sizes[-1], short)  # warm-up: first calls allocate, pick kernels
+        best = _interleaved_best(shapes, self.runner.time_forward)
+        for n in sizes:
+            self.step_cost.calibrate(n, best[(n, short)])
+        if (rows, long) in best:
+            extra = best[(rows, long)] - best[(rows, short)]
+            self.step_cost.attention = max(extra, 0.0) / (rows * (long - short))
         calibrate = getattr(self.proposer, "calibrate", None)
         if calibrate is not None:
             calibrate()
@@ -169,7 +175,7 @@ class Speculation:
         )
         attended = sum(s.num_tokens for s in sched.running if s.num_uncomputed_tokens == 1)
         num_seqs = len(sched.running) + len(sched.waiting)
-        return plan_drafts(
+        plan = plan_drafts(
             candidates,
             base_tokens,
             self.step_cost,
@@ -177,6 +183,11 @@ class Speculation:
             num_seqs,
             self.proposer.pass_seconds,
         )
+        if plan.reason == "not_worth_it":
+            self._declined += 1
+            if self._declined % PROBE_EVERY == 0:
+                return probe(plan, candidates)
+        return plan
 
 
 CALIBRATION_PASSES = 3  # as many timings per size as before interleaving: no more luck

@@ -4,7 +4,7 @@
     Proposer, ...       proposer.py    the interface: guess for many sequences at once
     NgramProposer, ...  ngram.py       prompt lookup: continue an earlier occurrence
     SelfDraftProposer   self_draft.py  early exit: the model's first layers guess
-    AcceptanceTracker   acceptance.py  how often a sequence's guesses are kept
+    AcceptanceTracker   acceptance.py  how often guesses are kept, per run of agreement
     StepCost            step_cost.py   what a step of n tokens costs on this machine
     plan_drafts, ...    planner.py     how many guesses pay, per sequence and step
     verify_draft        verify.py      which guesses a sequence keeps (exact sampling)
@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from backend.lazy import lazy_getattr
-from backend.speculative.acceptance import AcceptanceTracker
+from backend.speculative.acceptance import AcceptanceTracker, RunAcceptance
 from backend.speculative.config import PROPOSERS, SpeculativeConfig
 from backend.speculative.ngram import NgramIndex, NgramProposer
 from backend.speculative.planner import Candidate, Plan, plan_drafts
-from backend.speculative.proposer import ProposalRequest, Proposer
+from backend.speculative.proposer import Proposal, ProposalRequest, Proposer
 from backend.speculative.step_cost import StepCost
 
 if TYPE_CHECKING:
@@ -38,8 +38,10 @@ __all__ = [
     "NgramIndex",
     "NgramProposer",
     "Plan",
+    "Proposal",
     "ProposalRequest",
     "Proposer",
+    "RunAcceptance",
     "SelfDraftProposer",
     "SpeculativeConfig",
     "StepCost",

@@ -24,9 +24,18 @@ from backend.speculative.step_cost import StepCost
 class Candidate:
     """A sequence that could speculate this step."""
 
-    acceptance: float  # its tracker's rate
+    # P(guess i kept | the guesses before it kept), i = 1, 2, ... (AcceptanceTracker.rates);
+    # depths past the tuple's end take its last value; a float: the same at every depth
+    acceptance: float | tuple[float, ...]
     max_draft: int  # guesses available (proposal length, room left, num_speculative_tokens)
     context: int = 0  # tokens so far: its i-th guess's row attends to context + i
+
+    def rate(self, depth: int) -> float:
+        """P(guess `depth` kept | the guesses before it kept); depth from 1."""
+        a = self.acceptance
+        if isinstance(a, float):
+            return a
+        return a[min(depth, len(a)) - 1]
 
 
 @dataclass(slots=True)
@@ -49,8 +58,8 @@ def plan_drafts(
     base_attended: what its decode rows attend to (StepCost); num_seqs: sequences in the
     step (default: the candidates); draft_pass: seconds a model proposer spends per
     guess depth (one batched pass per depth; 0 for prompt lookup). A candidate's i-th
-    guess adds a**i expected tokens (it counts only if all guesses before it are
-    accepted).
+    guess adds prod_{j<=i} a_j expected tokens (it counts only if all guesses before it
+    are kept; a_j = Candidate.rate(j)).
 
     Objective: the sum over the step's sequences of log(expected tokens / step cost)
     (proportional fairness). For one sequence that is its tokens per second. In a shared
@@ -63,7 +72,7 @@ def plan_drafts(
     num_draft = [0] * len(candidates)
     expected = [1.0] * len(candidates)  # expected tokens of each candidate this step
     heap = [
-        (-math.log1p(c.acceptance), i, 1, c.acceptance)
+        (-math.log1p(c.rate(1)), i, 1, c.rate(1))
         for i, c in enumerate(candidates)
         if c.max_draft > 0
     ]
@@ -86,8 +95,35 @@ def plan_drafts(
         tokens, attended, now, deepest = tokens + 1, extra, then, max(depth, deepest)
         num_draft[i] = depth
         if depth < candidates[i].max_draft:
-            nxt = gain * candidates[i].acceptance
+            nxt = gain * candidates[i].rate(depth + 1)
             heapq.heappush(heap, (-math.log1p(nxt / expected[i]), i, depth + 1, nxt))
     if not any(num_draft):
         reason = "not_worth_it"
     return Plan(num_draft, reason)
+
+
+PROBE_EVERY = 16  # plans that declined guesses, per probe
+
+
+def probe(plan: Plan, candidates: Sequence[Candidate]) -> Plan:
+    """The plan with one candidate fed every guess it has: a step size the cost model
+    declined, tried once in a while so that a real step can show it was priced too dear
+    (StepCost.observe reshapes the curve). Without it a cost model calibrated beside a
+    burst of other work never sees the steps it declines, and a server would stay
+    without speculation for its whole life. The candidate extended is the one whose
+    extra guesses are expected to yield the most tokens, at least one (a probe then
+    pays for itself at the acceptance it has); the plan is returned as it is if none."""
+    best, best_gain = -1, 1.0
+    for i, c in enumerate(candidates):
+        kept, gain = 1.0, 0.0
+        for depth in range(1, c.max_draft + 1):
+            kept *= c.rate(depth)
+            if depth > plan.num_draft[i]:
+                gain += kept
+        if gain >= best_gain:
+            best, best_gain = i, gain
+    if best < 0:
+        return plan
+    num_draft = list(plan.num_draft)
+    num_draft[best] = candidates[best].max_draft
+    return Plan(num_draft, "probe")

@@ -22,9 +22,18 @@ class Proposer(Protocol):
     lazy: bool
     pass_seconds: float  # one guessing pass for one sequence (0: negligible), for planning
 
-    def propose(self, requests: Sequence[ProposalRequest]) -> list[list[int]]: ...
+    def propose(self, requests: Sequence[ProposalRequest]) -> list[Proposal]: ...
 
     def fill(self, seqs: Sequence[Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    tokens: list[int]  # the guesses, in order
+    # Tokens just before the first guess that agree with the source the guesses continue
+    # (prompt lookup: the matched suffix's length); 0 for a model proposer. The planner's
+    # acceptance estimate is kept per run (acceptance.py).
+    run: int = 0
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ import torch
 from backend.attention import AttentionMetadata
 from backend.runner import ModelRunner
 from backend.sequence import Sequence
-from backend.speculative.proposer import ProposalRequest
+from backend.speculative.proposer import Proposal, ProposalRequest
 
 
 class SelfDraftProposer:
@@ -50,7 +50,7 @@ class SelfDraftProposer:
             best = min(best, time.perf_counter() - began)
         self.pass_seconds = best
 
-    def propose(self, requests: Seq[ProposalRequest]) -> list[list[int]]:
+    def propose(self, requests: Seq[ProposalRequest]) -> list[Proposal]:
         raise NotImplementedError("the self-draft guesses after scheduling (fill)")
 
     @torch.inference_mode()

@@ -17,12 +17,22 @@ class StepCost:
 
     The shape (curve points, `attention`) comes from a calibration at engine start-up,
     timed in interleaved passes so that its points compare (the best of each kept, and
-    a point above a larger step's lowered to it: other work only ever slows a timing);
-    real steps only move `scale`, an exponential average of measured / predicted time,
-    which follows the machine getting slower or faster as a whole. (Refining each point
-    from real steps instead lets noise bend the curve; so did windowed low quantiles of
-    real steps per size, tried: rarely seen sizes kept the dearer windows.)
+    a point above a larger step's lowered to it: other work only ever slows a timing).
+    Real steps move `scale`, an exponential average of measured / predicted time, which
+    follows the machine getting slower or faster as a whole. They reshape the curve only
+    to undo a bad start: a real step far cheaper than its point predicts (below
+    RESHAPE x the prediction, rescaled) shrinks that point and `attention` alike until
+    the prediction is near it. A calibration run beside a burst of other work can price a
+    4-row step at 4x a 1-row step for the server's life; one real step of that size then
+    puts it right. Only far-off points move: refining every point from real steps let
+    ordinary noise bend the curve (and windowed low quantiles per size, tried, kept
+    rarely seen sizes at dearer windows).
     """
+
+    RESHAPE = 0.75  # a real step below this share of its prediction reshapes the curve
+    # The fast steps of one size run this share of its usual time (measured on a quiet
+    # and a loaded 2-core machine: min / median 0.83-0.84 for 1- and 9-row steps).
+    TYPICAL = 0.85
 
     def __init__(self, alpha: float = 0.05) -> None:
         self.alpha = alpha
@@ -45,11 +55,23 @@ class StepCost:
         self._curve_points = list(zip(xs, ys, strict=True))
 
     def observe(self, num_tokens: int, seconds: float, attended: int = 0) -> None:
-        """A real step: nudges `scale` (one outlier moves it at most by alpha * 2x)."""
-        predicted = self._curve(num_tokens) + self.attention * attended
-        if predicted > 0.0 and seconds > 0.0:
-            ratio = min(max(seconds / predicted, 0.5 * self.scale), 2.0 * self.scale)
-            self.scale += self.alpha * (ratio - self.scale)
+        """A real step: nudges `scale` (one outlier moves it at most by alpha * 2x), and
+        replaces a far too dear point (see the class)."""
+        weights, context = self._curve(num_tokens), self.attention * attended
+        if seconds <= 0.0 or weights + context <= 0.0:
+            return
+        rescaled = seconds / self.scale  # what the step would cost at calibration's speed
+        if rescaled < self.RESHAPE * (weights + context):
+            # The shape was wrong, not the machine's speed. Which part was overpriced is
+            # unknown: both shrink alike, to where this step would be one of the fast ones
+            # of its size (TYPICAL), not to it: one lucky step is not the usual.
+            shrink = rescaled / self.TYPICAL / (weights + context)
+            if attended:
+                self.attention *= shrink
+            self.calibrate(num_tokens, weights * shrink)
+            return
+        ratio = min(max(seconds / (weights + context), 0.5 * self.scale), 2.0 * self.scale)
+        self.scale += self.alpha * (ratio - self.scale)
 
     def __call__(self, num_tokens: int, attended: int = 0) -> float:
         return self.scale * (self._curve(num_tokens) + self.attention * attended)

@@ -54,3 +54,27 @@ def test_one_slowed_point_does_not_make_every_larger_step_dear() -> None:
     assert cost(2) == pytest.approx(0.080)
     assert cost(2) / cost(1) < 1.3  # a guess still looks as cheap as it is
     assert cost(8) == pytest.approx(0.095)
+
+
+def test_a_real_step_far_below_its_point_reshapes_the_curve() -> None:
+    """Calibrated beside a burst of other work: 4 and 8 rows priced at 4x one row. A real
+    step of 8 rows at 1.5x undoes it (and the points below follow: the curve never
+    falls); real steps near their prediction only rescale."""
+    cost = _cost({1: 0.030, 2: 0.040, 4: 0.120, 8: 0.120, 16: 0.210})
+    cost.observe(8, 0.045)
+    assert cost(8) == pytest.approx(0.045 / StepCost.TYPICAL)  # one fast step of the usual
+    assert cost(4) <= cost(8)
+    assert cost(1) == pytest.approx(0.030)
+    before = cost(16)
+    cost.observe(16, before * 0.85)  # ordinary noise: a nudge to the scale, not a new point
+    assert cost(16) == pytest.approx(before * (1 - 0.05 * 0.15))
+
+
+def test_attention_overpriced_at_start_up_comes_down() -> None:
+    cost = _cost({1: 0.010, 16: 0.030})
+    cost.attention = 4e-5  # timed under load: 5x what it costs
+    predicted = cost(9, attended=9 * 150)
+    cost.observe(9, 0.025, attended=9 * 150)
+    assert cost.attention < 4e-5
+    assert cost(9, attended=9 * 150) == pytest.approx(0.025 / StepCost.TYPICAL)
+    assert predicted > 0.060
