@@ -100,7 +100,8 @@ class EngineMetrics:
             "spec_decode_plans",
             "Steps by why speculation stopped where it did: max_draft (all it could), "
             "not_worth_it (a guess would lower expected tokens/s), no_proposal, probe (every "
-            "16th declined plan: one sequence fed all its guesses, to check the step cost).",
+            "16th declined plan of few rows: one sequence fed all its guesses, to check the "
+            "step cost).",
             ("reason",),
             prefix=OURS,
         )

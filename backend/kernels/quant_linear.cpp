@@ -40,6 +40,8 @@ typedef float v8 __attribute__((vector_size(32)));
 constexpr int64_t kBlock = 32;  // values per block
 constexpr int64_t kRowsW = 4;   // weight rows per tile
 constexpr int64_t kRowsX = 2;   // x rows per tile
+constexpr int kWideW = 2;       // the wide tile, for four or more x rows: weight rows...
+constexpr int64_t kWideX = 4;   // ...and x rows
 
 inline v8 load(const float* p) {
   v8 v;
@@ -301,10 +303,19 @@ inline void tile(const float* x, const uint8_t* w, float* out, int64_t K, int64_
 }
 
 // X: XBlocks (int8 x, Q a *Dot type) or const float* (float32 x, Q a block decoder).
+// Four or more x rows (verify rows, small batches) go four at a time against half as many
+// weight rows: each weight block is loaded and unpacked once per four x rows instead of
+// two, and the accumulators still fit in registers. Every output is the same sum in the
+// same order whichever tile computes it.
 template <typename Q, int RW, typename X>
 inline void row_tile(const X& x, const uint8_t* w, float* out, int64_t M, int64_t K, int64_t N,
                      int64_t row_bytes, int64_t n0) {
   int64_t m = 0;
+  if constexpr (RW % kWideW == 0) {
+    for (; m + kWideX <= M; m += kWideX)
+      for (int r = 0; r < RW; r += kWideW)
+        tile<Q, kWideW, kWideX>(x, w, out, K, N, row_bytes, m, n0 + r);
+  }
   for (; m + kRowsX <= M; m += kRowsX) tile<Q, RW, kRowsX>(x, w, out, K, N, row_bytes, m, n0);
   for (; m < M; ++m) tile<Q, RW, 1>(x, w, out, K, N, row_bytes, m, n0);
 }

@@ -102,7 +102,7 @@ def plan_drafts(
     return Plan(num_draft, reason)
 
 
-PROBE_EVERY = 16  # plans that declined guesses, per probe
+PROBE_EVERY = 16  # declined plans per probe
 
 
 def probe(plan: Plan, candidates: Sequence[Candidate]) -> Plan:
@@ -112,7 +112,8 @@ def probe(plan: Plan, candidates: Sequence[Candidate]) -> Plan:
     burst of other work never sees the steps it declines, and a server would stay
     without speculation for its whole life. The candidate extended is the one whose
     extra guesses are expected to yield the most tokens, at least one (a probe then
-    pays for itself at the acceptance it has); the plan is returned as it is if none."""
+    pays for itself at the acceptance it has); the plan is returned as it is if none.
+    How often, and in which steps, to probe is the caller's."""
     best, best_gain = -1, 1.0
     for i, c in enumerate(candidates):
         kept, gain = 1.0, 0.0
