@@ -33,8 +33,16 @@ def test_chat_answers_with_the_model(client: openai.OpenAI) -> None:
 
 
 def test_streaming_reassembles_to_the_same_answer(client: openai.OpenAI) -> None:
+    # Both answers from the same engine state: every prompt token but the last from the
+    # prefix cache (a warm-up fills it). A cold prompt is computed by other kernels
+    # (a many-row prefill, float32 activations) than a cached prompt's last token (a
+    # decode row, int8 activations on packed weights): their log-probabilities differ by
+    # ~0.03, enough to flip a close greedy choice between a cold and a warm request.
+    client.chat.completions.create(
+        model=MODEL_ID, messages=STORY, temperature=0, max_tokens=40, extra_headers=NO_CACHE
+    )
     full = client.chat.completions.create(
-        model=MODEL_ID, messages=STORY, temperature=0, max_tokens=40
+        model=MODEL_ID, messages=STORY, temperature=0, max_tokens=40, extra_headers=NO_CACHE
     )
     chunks = list(
         client.chat.completions.create(
