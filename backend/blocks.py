@@ -55,6 +55,12 @@ class _PrefixMatch:
     parent: int
     partial: tuple[int, int] | None = None  # (cached block, leading slots that match)
 
+    @property
+    def held(self) -> list[int]:
+        """The cached blocks admitting the sequence takes a reference on: the hits, and a
+        partial match's source until its slots are copied."""
+        return self.hits + ([self.partial[0]] if self.partial else [])
+
 
 @dataclass(slots=True)
 class _SeqState:
@@ -141,8 +147,7 @@ class BlockManager:
     def _cost(self, seq: Sequence, match: _PrefixMatch) -> int:
         """Allocatable blocks that admitting seq consumes, evictable hits included (and a
         partial match's source, held until its slots are copied)."""
-        held = match.hits + ([match.partial[0]] if match.partial else [])
-        reused_evictable = sum(1 for bid in held if self._blocks[bid].ref_count == 0)
+        reused_evictable = sum(1 for bid in match.held if self._blocks[bid].ref_count == 0)
         return self._blocks_for(seq.num_tokens) - len(match.hits) + reused_evictable
 
     def can_allocate(self, seq: Sequence) -> bool:
@@ -159,8 +164,7 @@ class BlockManager:
                 f"cannot allocate sequence {seq.seq_id}: needs {need} blocks, "
                 f"{self.num_free_blocks} free (call can_allocate first)"
             )
-        held = hits + ([match.partial[0]] if match.partial else [])
-        for bid in held:
+        for bid in match.held:
             block = self._blocks[bid]
             if block.ref_count == 0:
                 del self._evictable[bid]

@@ -55,8 +55,8 @@ class StepCost:
         self._curve_points = list(zip(xs, ys, strict=True))
 
     def observe(self, num_tokens: int, seconds: float, attended: int = 0) -> None:
-        """A real step: nudges `scale` (one outlier moves it at most by alpha * 2x), and
-        replaces a far too dear point (see the class)."""
+        """A real step: nudges `scale` (one outlier moves it at most by alpha * 2x), or
+        shrinks a far too dear point (see the class)."""
         weights, context = self._curve(num_tokens), self.attention * attended
         if seconds <= 0.0 or weights + context <= 0.0:
             return
