@@ -114,7 +114,7 @@ class BlockManager:
         """Cached blocks reusable for seq's prompt, and the chain state after them. Pure."""
         hits: list[int] = []
         h, parent = _ROOT, _ROOT
-        if not self.prefix_caching:
+        if not self.prefix_caching or seq.prompt_logprobs is not None:
             return _PrefixMatch(hits, h, parent)
         # The last token is always recomputed: the model must produce its logits.
         for i in range((seq.num_tokens - 1) // self.block_size):
@@ -177,7 +177,7 @@ class BlockManager:
             src, copied = match.partial
             self._copies.append(KvCopy(src, fresh[0], copied))
         seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size + copied
-        if self.prefix_caching:
+        if self.prefix_caching and seq.prompt_logprobs is None:
             self.prefix_cache_queries += seq.num_tokens
             self.prefix_cache_hits += seq.num_cached_tokens
         self._seqs[seq.seq_id] = _SeqState(seq, len(hits), match.last_hash, match.parent)

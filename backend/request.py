@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from backend.prompt_scores import TokenScore
 from backend.sampling_params import SamplingParams
 from backend.sequence import Sequence
 from backend.speculative import AcceptanceTracker, NgramIndex
@@ -40,6 +41,9 @@ class Delta:
     rejected_draft_tokens: int = 0
     # Prompt tokens whose KV came from the prefix cache rather than being computed.
     cached_tokens: int = 0
+    # With SamplingParams.prompt_logprobs, in the request's first delta: the scores of
+    # prompt tokens 1.. (each given the ones before it; token 0 has none).
+    prompt_logprobs: list[TokenScore] | None = None
 
 
 @dataclass(slots=True)
@@ -67,6 +71,16 @@ class Request:
     scheduled_time: float | None = None  # the first step that worked on it (queue time)
     first_token_time: float | None = None  # prefill time = this - scheduled_time
     spec: SpecState | None = None  # set when this request speculates
+    # With params.prompt_logprobs: scores of prompt tokens 1.. as prefill chunks compute
+    # them; None once sent (in the first delta).
+    prompt_scores: list[TokenScore] | None = None
+
+    def keep_prompt_scores(self, first: int, scores: list[TokenScore]) -> None:
+        """Appends the prompt scores a step computed from position `first` on. After a
+        preemption the prompt is recomputed: rows already scored are skipped."""
+        kept = self.prompt_scores
+        if kept is not None and first <= len(kept):
+            kept += scores[len(kept) - first :]
 
     @property
     def prompt_token_ids(self) -> list[int]:

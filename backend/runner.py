@@ -6,6 +6,8 @@ completes this step needs logits; the LM head runs on those rows alone. A sequen
 speculative guesses feeds its last token and the guesses as decode rows, each attending
 to the context up to its own position (their K/V are written before attention runs, so
 row j sees rows 0..j-1: causal), and gets logits for all of them, to verify each guess.
+A sequence that asks for its prompt's log-probabilities gets its prompt rows scored too
+(prompt_scores.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from backend.attention import AttentionMetadata, DecodeKernel, PrefillKernel, PrefillSegment
 from backend.model import LlamaModel
+from backend.prompt_scores import TokenScore, score_tokens
 from backend.scheduler import ScheduledBatch
 from backend.sequence import Sequence
 
@@ -27,6 +30,9 @@ class StepOutput:
     sampling: list[Sequence]  # the sequences that yield tokens this step, in row order
     num_rows: list[int]  # logits rows of each sampling sequence
     attended: int  # context tokens the one-query rows attended to, summed (StepCost)
+    # Per sequence scoring its prompt: (the sequence, the position of the first scored
+    # row, the scores of the tokens after that row and the ones after it)
+    prompt_scores: list[tuple[Sequence, int, list[TokenScore]]]
 
 
 class ModelRunner:
@@ -72,6 +78,9 @@ class ModelRunner:
         last_rows: list[int] = []
         sampling: list[Sequence] = []
         num_rows: list[int] = []
+        scored: list[tuple[Sequence, int, int]] = []  # (seq, first position, rows)
+        score_rows: list[int] = []
+        score_targets: list[int] = []
         for i in order:
             seq, n = batch.seqs[i], batch.num_new_tokens[i]
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
@@ -90,6 +99,12 @@ class ModelRunner:
             else:
                 ids = torch.tensor(table[: -(-end // bs)], dtype=torch.long, device=self.device)
                 prefills.append(PrefillSegment(q_start, n, end, ids))
+            if seq.prompt_logprobs is not None:  # rows whose next token is a prompt token
+                hi = min(end, seq.num_prompt_tokens - 1)
+                if hi > start:
+                    scored.append((seq, start, hi - start))
+                    score_rows += range(q_start, q_start + hi - start)
+                    score_targets += seq.token_ids[start + 1 : hi + 1]
             if batch.sampling[i]:
                 rows = 1 + len(seq.draft)
                 last_rows += range(q_start + n - rows, q_start + n)
@@ -110,7 +125,35 @@ class ModelRunner:
             self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache
         )
         logits = self.model.compute_logits(hidden[self._tensor(last_rows)])
-        return StepOutput(logits, sampling, num_rows, sum(decode_ctx))
+        return StepOutput(
+            logits,
+            sampling,
+            num_rows,
+            sum(decode_ctx),
+            self._scores(hidden, scored, score_rows, score_targets),
+        )
+
+    def _scores(
+        self,
+        hidden: torch.Tensor,
+        scored: list[tuple[Sequence, int, int]],
+        rows: list[int],
+        targets: list[int],
+    ) -> list[tuple[Sequence, int, list[TokenScore]]]:
+        if not scored:
+            return []
+        k = max(seq.prompt_logprobs or 0 for seq, _, _ in scored)
+        scores = score_tokens(
+            self.model.compute_logits, hidden[self._tensor(rows)], self._tensor(targets), k
+        )
+        out = []
+        for seq, first, n in scored:
+            mine, scores = scores[:n], scores[n:]
+            want = seq.prompt_logprobs or 0
+            if want < k:
+                mine = [TokenScore(s.logprob, s.rank, s.top[:want]) for s in mine]
+            out.append((seq, first, mine))
+        return out
 
     @torch.inference_mode()
     def time_forward(self, num_tokens: int, context: int = 0) -> float:

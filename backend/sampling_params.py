@@ -19,7 +19,7 @@ TOP_LOGPROBS_MAX = 20  # OpenAI's top_logprobs limit
 
 @dataclass(slots=True)
 class SamplingParams:
-    max_tokens: int | None = None  # None: until EOS or the context is full
+    max_tokens: int | None = None  # None: until EOS or the context is full; 0: score only
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 disables
@@ -32,13 +32,17 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; k: the chosen token's logprob + k best
+    # The prompt's tokens scored too (each given the ones before it; the first has none):
+    # None: off; k: each token's logprob + k best. Such a prompt is computed whole, never
+    # taken from the prefix cache (whose blocks hold K/V, not log-probabilities).
+    prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None  # token id -> bias, clamped to +-100
     n: int = 1  # choices per prompt: the engine's business, not the sampler's
     speculative: bool | None = None  # speculative decoding: None = the engine's default
 
     def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise ValueError("max_tokens must be at least 0")
         if not 0.0 <= self.temperature <= 2.0:
             raise ValueError("temperature must be between 0 and 2")
         if not 0.0 < self.top_p <= 1.0:
@@ -59,15 +63,17 @@ class SamplingParams:
             raise ValueError("seed must be a signed 64-bit integer")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
-        if self.logprobs is not None and (
-            isinstance(self.logprobs, bool)
-            or not isinstance(self.logprobs, int)
-            or not 0 <= self.logprobs <= TOP_LOGPROBS_MAX
-        ):
-            raise ValueError(
-                f"logprobs must be None or an integer between 0 and {TOP_LOGPROBS_MAX}, "
-                f"got {self.logprobs!r}"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= TOP_LOGPROBS_MAX
+            ):
+                raise ValueError(
+                    f"{name} must be None or an integer between 0 and {TOP_LOGPROBS_MAX}, "
+                    f"got {value!r}"
+                )
         if self.logit_bias is not None:
             self.logit_bias = _checked_logit_bias(self.logit_bias)
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:

@@ -33,6 +33,10 @@ class Sequence:
     # Speculative guesses fed after the last token this step (not in token_ids, never
     # hashed into the prefix cache); cleared once verified.
     draft: list[int] = field(default_factory=list)
+    # The prompt's own tokens are scored (prompt log-probabilities): the runner computes
+    # logits for every prompt row, and the block manager gives it no prefix-cache hits
+    # (a cached block holds K/V, not the log-probabilities of its tokens).
+    prompt_logprobs: int | None = None  # set: scored, with this many best alternatives
 
     @property
     def num_tokens(self) -> int:

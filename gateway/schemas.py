@@ -76,6 +76,8 @@ class _GenerationRequest(Struct, kw_only=True):
     ignore_eos: bool | None = None
     # Ours: speculative decoding for this request (None: the server's default).
     speculative: bool | None = None
+    # vLLM's: the prompt's tokens scored, each with this many best alternatives.
+    prompt_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest, kw_only=True):
@@ -93,7 +95,8 @@ class ChatCompletionRequest(_GenerationRequest, kw_only=True):
 class CompletionRequest(_GenerationRequest, kw_only=True):
     # A string, a list of strings, a token list, or a list of token lists (checked on use).
     prompt: str | list[str | int | list[int]]
-    max_tokens: PositiveInt | None = 16  # the OpenAI default for legacy completions
+    # 16: the OpenAI default for legacy completions; 0 (with echo) scores the prompt alone
+    max_tokens: Annotated[int, Meta(ge=0)] | None = 16
     echo: bool | None = False
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     suffix: str | None = None
@@ -148,9 +151,22 @@ class ChoiceLogprobs(Struct, kw_only=True):
 
 class CompletionLogprobs(Struct, kw_only=True):
     tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]  # None for an echoed prompt's first token
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
+
+
+class PromptLogprob(Struct, kw_only=True):
+    """vLLM's prompt_logprobs entry, keyed by the token id (as a string)."""
+
+    logprob: float
+    rank: int  # 1: the model's likeliest token there
+    decoded_token: str
+
+
+# Per prompt token: None for the first (nothing precedes it), else the token and the best
+# alternatives.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
 
 
 class ChatChoice(Struct, kw_only=True):
@@ -168,6 +184,7 @@ class ChatCompletion(Struct, kw_only=True):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's, when asked for
 
 
 class ChatDelta(Struct, kw_only=True, omit_defaults=True):
@@ -199,6 +216,7 @@ class CompletionChoice(Struct, kw_only=True):
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's, when asked for
 
 
 class Completion(Struct, kw_only=True):

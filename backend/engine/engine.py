@@ -185,14 +185,16 @@ class Engine:
                 ids,
                 len(ids),
                 after=same_prompt_as.seq if same_prompt_as is not None else None,
+                prompt_logprobs=params.prompt_logprobs,
             ),
             params=params,
-            max_tokens=params.max_tokens or room,
+            max_tokens=room if params.max_tokens is None else params.max_tokens,
             detokenizer=IncrementalDetokenizer(self.tokenizer),
             stop_matcher=StopStringMatcher(params.stop),
             generator=params.make_generator(self.device),
             arrival_time=time.monotonic(),
             spec=spec,
+            prompt_scores=[] if params.prompt_logprobs is not None else None,
         )
         stream = RequestStream(self, request_id, req.seq, asyncio.get_running_loop())
         with self._cv:
@@ -281,6 +283,8 @@ class Engine:
                 self.speculation.fill(batch.seqs)  # placeholders -> guesses (model proposers)
             began = time.perf_counter()  # StepCost models the verify step, not the guessing
             out = self.runner.execute(batch)
+            for seq, first, scores in out.prompt_scores:
+                self._requests[seq.seq_id].keep_prompt_scores(first, scores)
             emitted = self._sample(out.logits, out.sampling, out.num_rows)
             if self.speculation is not None:
                 seconds = time.perf_counter() - began
@@ -311,10 +315,11 @@ class Engine:
         for seq, results in zip(seqs, emitted, strict=True):
             req = self._requests[seq.seq_id]
             drafted = len(results) - 1 + rejected.get(seq.seq_id, 0)
-            if self.speculation is not None:
+            if self.speculation is not None and results and req.max_tokens:
                 self.speculation.record(req, drafted, len(results) - 1)
             delta = emit_tokens(req, results, self.tokenizer.eos_token_ids)
-            self.metrics.on_token(req, now, len(delta.token_ids))
+            if delta.token_ids:
+                self.metrics.on_token(req, now, len(delta.token_ids))
             if delta.finish_reason is not None:
                 self.metrics.on_finish(req, delta.finish_reason, now)
                 self._release(req)

@@ -3,7 +3,8 @@
 Token by token: an end-of-generation token (unless ignore_eos) or one of the request's
 stop_token_ids finishes it with "stop", a stop string in the text with "stop" (the
 string itself is not sent; tokenizer/stop_strings.py), max_tokens with "length".
-Tokens after the one that finishes the request are dropped.
+Tokens after the one that finishes the request are dropped. A request with max_tokens 0
+finishes with "length" once its prompt is computed (and scored, when it asked).
 """
 
 from __future__ import annotations
@@ -17,7 +18,22 @@ from backend.sampler import SampleResult
 
 def emit_tokens(req: Request, results: list[SampleResult], eos_token_ids: Set[int]) -> Delta:
     """Appends a step's tokens (one sampled, or accepted guesses and one more) to the
-    request, applying the stop rules to each; one delta for all of them."""
+    request, applying the stop rules to each; one delta for all of them. The request's
+    first delta carries its prompt's scores, when it asked for them."""
+    delta = _emitted(req, results, eos_token_ids)
+    if req.prompt_scores is not None:
+        delta = dataclasses.replace(delta, prompt_logprobs=req.prompt_scores)
+        req.prompt_scores = None
+    return delta
+
+
+def _emitted(req: Request, results: list[SampleResult], eos_token_ids: Set[int]) -> Delta:
+    if req.max_tokens == 0:  # the prompt was scored; nothing is generated
+        seq = req.seq
+        return Delta(
+            req.request_id, "", [], "length", seq.num_prompt_tokens, 0,
+            cached_tokens=seq.num_cached_tokens,
+        )  # fmt: skip
     deltas = []
     for result in results:
         req.seq.append_token(result.token_id)

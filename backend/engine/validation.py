@@ -39,7 +39,7 @@ def completion_room(num_prompt_tokens: int, params: SamplingParams, max_model_le
             "Please reduce the prompt or max_tokens.",
             "context_length_exceeded",
         )
-    if room < 1:
+    if room < 1 and params.max_tokens != 0:  # max_tokens 0 scores the prompt alone
         raise RequestRejected(
             f"This model's maximum context length is {max_model_len} tokens. However, "
             f"the prompt has {num_prompt_tokens} tokens.",

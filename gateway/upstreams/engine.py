@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from backend.engine import Engine, RequestRejected
+from backend.prompt_scores import TokenScore
 from backend.request import RequestStream
 from backend.sampling_params import SamplingParams
 from gateway.call import CHAT, COMPLETIONS, Call, Reply
@@ -35,6 +36,7 @@ from gateway.schemas import (
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Usage,
 )
@@ -43,10 +45,11 @@ from gateway.upstreams.engine_params import (
     completion_logprobs,
     message_dict,
     prompt_list,
+    prompt_scoring,
     sampling_params,
 )
 from gateway.upstreams.engine_streams import Choice, chunks, collect, merge, usage_of
-from gateway.upstreams.logprobs import LogprobFormatter
+from gateway.upstreams.logprobs import LogprobFormatter, joined
 
 # Prompts longer than this (characters) are rendered and tokenized on a worker thread:
 # a long prompt takes the tokenizer milliseconds to seconds, during which the event
@@ -106,7 +109,9 @@ class EngineUpstream:
             sum(_text_size(m.content) for m in request.messages), self._render, request.messages
         )
         max_tokens = request.max_completion_tokens or request.max_tokens
-        params = sampling_params(request, max_tokens, k, self.engine.tokenizer.vocab_size)
+        params = sampling_params(
+            request, max_tokens, k, self.engine.tokenizer.vocab_size, prompt_scoring(request, k)
+        )
         n = request.n or 1
         streams = self._start([prompt], params, n, "messages")
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -129,6 +134,11 @@ class EngineUpstream:
             ],
             usage=usage_of(prompt_tokens, choices),
             system_fingerprint=self.fingerprint,
+            prompt_logprobs=None
+            if request.prompt_logprobs is None
+            else self.logprobs.prompt(
+                prompt, choices[0].prompt_scores or [], request.prompt_logprobs
+            ),
         )
 
     def _chat_logprobs(self, c: Choice) -> ChoiceLogprobs:
@@ -189,7 +199,7 @@ class EngineUpstream:
             return await asyncio.to_thread(fn, arg)
         return fn(arg)
 
-    def _tokenized(self, prompts: list[str | list[int]]) -> list[str | list[int]]:
+    def _tokenized(self, prompts: list[str | list[int]]) -> list[list[int]]:
         """Text prompts as token ids, as the engine would make them (BOS included)."""
         encode = self.engine.tokenizer.encode
         return [encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompts]
@@ -211,36 +221,51 @@ class EngineUpstream:
     async def complete(self, request: CompletionRequest) -> Completion | AsyncIterator[Completion]:
         k = completion_logprobs(request)
         texts = prompt_list(request.prompt)
-        params = sampling_params(request, request.max_tokens, k, self.engine.tokenizer.vocab_size)
+        vocab = self.engine.tokenizer.vocab_size
+        params = sampling_params(request, request.max_tokens, k, vocab, prompt_scoring(request, k))
         n = request.n or 1
         size = sum(len(p) for p in texts if isinstance(p, str))
         prompts = await self._off_loop_if_large(size, self._tokenized, texts)
         streams = self._start(prompts, params, n, "prompt")
-        echoes = [p if isinstance(p, str) else self.engine.tokenizer.decode(p) for p in texts]
-        if not request.echo:
-            echoes = [""] * len(prompts)
+        echo = _Echo(
+            self.logprobs,
+            prompts,
+            [p if isinstance(p, str) else self.engine.tokenizer.decode(p) for p in texts]
+            if request.echo
+            else [""] * len(prompts),
+            k if request.echo else None,
+        )
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._completion_chunks(streams, rid, created, usage, echoes, n)
+            return self._completion_chunks(streams, rid, created, usage, echo, n)
         choices, prompt_tokens = await collect(streams, n)
+        out = []
+        for i, c in enumerate(choices):
+            p, scores = i // n, choices[i - i % n].prompt_scores or []  # choice 0 scored it
+            logprobs = None
+            if k is not None:
+                logprobs = self.logprobs.completion(
+                    c.token_ids, c.logprobs, c.top_logprobs, len(echo.texts[p])
+                )
+                logprobs = echo.logprobs(p, scores, logprobs)
+            prompt_logprobs = None
+            if request.prompt_logprobs is not None:
+                prompt_logprobs = self.logprobs.prompt(prompts[p], scores, request.prompt_logprobs)
+            out.append(
+                CompletionChoice(
+                    index=i,
+                    text=echo.texts[p] + c.text,
+                    finish_reason=c.finish_reason,
+                    logprobs=logprobs,
+                    prompt_logprobs=prompt_logprobs,
+                )
+            )
         return Completion(
             id=rid,
             created=created,
             model=self.model_name,
-            choices=[
-                CompletionChoice(
-                    index=i,
-                    text=echoes[i // n] + c.text,
-                    finish_reason=c.finish_reason,
-                    logprobs=None
-                    if k is None
-                    else self.logprobs.completion(
-                        c.token_ids, c.logprobs, c.top_logprobs, len(echoes[i // n])
-                    ),
-                )
-                for i, c in enumerate(choices)
-            ],
+            choices=out,
             usage=usage_of(prompt_tokens, choices, len(prompts)),
             system_fingerprint=self.fingerprint,
         )
@@ -251,7 +276,7 @@ class EngineUpstream:
         rid: str,
         created: int,
         include_usage: bool,
-        echoes: list[str],
+        echo: _Echo,
         n: int,
     ) -> AsyncIterator[Completion]:
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
@@ -260,15 +285,23 @@ class EngineUpstream:
                 system_fingerprint=self.fingerprint,
             )  # fmt: skip
 
-        offsets = [len(echoes[i // n]) for i in range(len(streams))]
-        for i in range(len(streams)):
-            if echoes[i // n]:
-                yield chunk([CompletionChoice(index=i, text=echoes[i // n], finish_reason=None)])
+        offsets = [len(echo.texts[i // n]) for i in range(len(streams))]
+        scores: dict[int, list[TokenScore]] = {}  # by prompt: choice 0's
         totals = [Choice() for _ in streams]
         prompt_tokens: dict[int, int] = {}
         async with contextlib.aclosing(merge(streams)) as merged:  # aborts on early exit
             async for i, delta in merged:
-                prompt_tokens[i // n] = delta.prompt_tokens
+                p = i // n
+                if delta.prompt_logprobs is not None:
+                    scores[p] = delta.prompt_logprobs
+                if i not in prompt_tokens and echo.texts[p]:
+                    # The echo goes with the choice's first delta: then the prompt has been
+                    # scored, and nothing is sent for a request that never started.
+                    echoed = echo.logprobs(p, scores.get(p, []), None)
+                    yield chunk([CompletionChoice(
+                        index=i, text=echo.texts[p], finish_reason=None, logprobs=echoed
+                    )])  # fmt: skip
+                prompt_tokens[i] = delta.prompt_tokens
                 totals[i].count(delta)
                 logprobs = None
                 if delta.logprobs is not None and delta.top_logprobs is not None:
@@ -288,7 +321,8 @@ class EngineUpstream:
                         ]
                     )
         if include_usage:
-            yield chunk([], usage_of(sum(prompt_tokens.values()), totals, len(echoes)))
+            once = sum(t for i, t in prompt_tokens.items() if i % n == 0)  # once per prompt
+            yield chunk([], usage_of(once, totals, len(echo.texts)))
 
     # ---- shared ----------------------------------------------------------------------------
 
@@ -310,9 +344,8 @@ class EngineUpstream:
         try:
             for prompt in prompts:
                 for i in range(n):
-                    seeded = params.seed is not None and i > 0
-                    p = _with_seed(params, params.seed + i) if seeded else params  # type: ignore[operator]
                     first = streams[-i] if i else None  # choice 0 of this prompt
+                    p = _choice_params(params, i)
                     streams.append(self.engine.add_request(prompt, p, same_prompt_as=first))
         except RequestRejected as exc:
             for s in streams:
@@ -321,9 +354,35 @@ class EngineUpstream:
         return streams
 
 
-def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
-    wrapped = (seed + 2**63) % 2**64 - 2**63  # stay a signed 64-bit value past the top
-    return dataclasses.replace(params, seed=wrapped)
+def _choice_params(params: SamplingParams, i: int) -> SamplingParams:
+    """Choice i of n: a seeded request's choice i uses seed + i; only choice 0 scores the
+    prompt (the others share it, and its blocks through the prefix cache)."""
+    if i == 0:
+        return params
+    seed = params.seed
+    if seed is not None:
+        seed = (seed + i + 2**63) % 2**64 - 2**63  # stay a signed 64-bit value past the top
+    return dataclasses.replace(params, seed=seed, prompt_logprobs=None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Echo:
+    """What a legacy completion echoes per prompt: its text, and with `logprobs` (k) its
+    tokens' log-probabilities."""
+
+    formatter: LogprobFormatter
+    prompts: list[list[int]]
+    texts: list[str]  # "" where echo is off
+    k: int | None
+
+    def logprobs(
+        self, p: int, scores: list[TokenScore], then: CompletionLogprobs | None
+    ) -> CompletionLogprobs | None:
+        """Prompt p's echoed logprobs, followed by `then` (the completion's)."""
+        if self.k is None or not self.texts[p]:
+            return then
+        echoed = self.formatter.echoed(self.prompts[p], scores, self.k)
+        return echoed if then is None else joined(echoed, then)
 
 
 T = TypeVar("T")

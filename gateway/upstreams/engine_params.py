@@ -39,11 +39,24 @@ def completion_logprobs(request: CompletionRequest) -> int | None:
     return request.logprobs
 
 
+def prompt_scoring(request: ChatCompletionRequest | CompletionRequest, k: int | None) -> int | None:
+    """How many alternatives the engine reports per prompt token, or None: for vLLM's
+    `prompt_logprobs`, and on legacy completions for `echo` with `logprobs` (k)."""
+    if request.prompt_logprobs is not None and request.stream:
+        raise InvalidRequest(
+            "'prompt_logprobs' is not available when 'stream' is true.", param="prompt_logprobs"
+        )
+    echoed = k if isinstance(request, CompletionRequest) and request.echo else None
+    wanted = [x for x in (request.prompt_logprobs, echoed) if x is not None]
+    return max(wanted) if wanted else None
+
+
 def sampling_params(
     request: ChatCompletionRequest | CompletionRequest,
     max_tokens: int | None,
     logprobs: int | None,
     vocab_size: int,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     try:
@@ -60,6 +73,7 @@ def sampling_params(
             stop=[s for s in stop if s],
             ignore_eos=bool(request.ignore_eos),
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             logit_bias=_logit_bias(request.logit_bias, vocab_size),
             speculative=request.speculative,
         )

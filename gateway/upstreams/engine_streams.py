@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from backend.prompt_scores import TokenScore
 from backend.request import Delta, RequestStream
 from gateway.payload import Chunk
 from gateway.schemas import CompletionTokensDetails, PromptTokensDetails, Usage
@@ -35,6 +36,7 @@ class Choice:
     accepted_draft_tokens: int = 0
     rejected_draft_tokens: int = 0
     cached_tokens: int | None = None  # of the prompt, from the prefix cache (first delta's)
+    prompt_scores: list[TokenScore] | None = None  # when the prompt was scored
 
     def count(self, delta: Delta) -> None:
         """Takes the delta's running totals (tokens and guesses so far), not its content."""
@@ -48,6 +50,8 @@ class Choice:
         self.text += delta.text
         self.count(delta)
         self.finish_reason = delta.finish_reason
+        if delta.prompt_logprobs is not None:
+            self.prompt_scores = delta.prompt_logprobs
         if delta.logprobs is not None and delta.top_logprobs is not None:
             self.token_ids += delta.token_ids
             self.logprobs += delta.logprobs

@@ -131,3 +131,56 @@ def test_safetensors_folder_loads_like_the_gguf(
     assert folder.tokenizer.encode(folder.tokenizer.apply_chat_template(messages)) == ids
     for name, tensor in ours.model.state_dict().items():
         torch.testing.assert_close(folder.model.state_dict()[name], tensor, msg=name)
+
+
+async def _prompt_scores(
+    engine: Engine, ids: list[int], max_tokens: int = 1, k: int = 2
+) -> tuple[list[Any], list[Any]]:
+    """(the prompt's scores, every delta) of one request scoring its prompt."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, prompt_logprobs=k)
+    deltas = [d async for d in engine.add_request(ids, params)]
+    assert deltas[0].prompt_logprobs is not None
+    assert all(d.prompt_logprobs is None for d in deltas[1:])  # sent once, first
+    return deltas[0].prompt_logprobs, deltas
+
+
+def test_prompt_logprobs_match_transformers(ours: LoadedModel, hf_model: Any) -> None:
+    """Each prompt token's log-probability given the ones before it equals transformers'
+    log_softmax of the same prompt's logits: in one prefill, in chunks of 16 tokens, and
+    when the prompt's blocks sit in the prefix cache (they are recomputed, not skipped)."""
+    text = "Scoring a prompt: every token is judged by the tokens before it. " * 3
+    ids = ours.tokenizer.encode(text)
+    with torch.inference_mode():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    want = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    want_top = torch.topk(ref[:-1], 2, dim=-1)
+    for config in (small_kv_config(), small_kv_config(max_num_batched_tokens=16, max_num_seqs=4)):
+        engine = Engine(ours, config)
+        try:
+            cold, _ = asyncio.run(_prompt_scores(engine, ids))
+            # The same prompt again, now cached: an ordinary request hits the cache...
+            asyncio.run(_engine_greedy(engine, ids))
+            warm, deltas = asyncio.run(_prompt_scores(engine, ids))
+            assert deltas[-1].cached_tokens == 0  # ...a scoring one recomputes
+        finally:
+            engine.shutdown()
+        for scores in (cold, warm):
+            assert len(scores) == len(ids) - 1
+            got = torch.tensor([s.logprob for s in scores])
+            torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+            assert [[t for t, _ in s.top] for s in scores] == want_top.indices.tolist()
+            ranks = (ref[:-1] > want.unsqueeze(1)).sum(dim=1) + 1
+            assert [s.rank for s in scores] == ranks.tolist()
+
+
+def test_max_tokens_zero_scores_the_prompt_only(ours: LoadedModel) -> None:
+    engine = Engine(ours, small_kv_config())
+    try:
+        ids = ours.tokenizer.encode("Only the prompt is scored here.")
+        scores, deltas = asyncio.run(_prompt_scores(engine, ids, max_tokens=0, k=0))
+    finally:
+        engine.shutdown()
+    assert [(d.token_ids, d.finish_reason, d.completion_tokens) for d in deltas] == [
+        ([], "length", 0)
+    ]
+    assert len(scores) == len(ids) - 1 and all(s.top == [] for s in scores)

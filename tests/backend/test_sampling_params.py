@@ -16,8 +16,10 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"max_tokens": -5}, "max_tokens"),
+        ({"prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"prompt_logprobs": -1}, "prompt_logprobs"),
         ({"temperature": 3.0}, "temperature"),
         ({"temperature": 2.0001}, "temperature"),
         ({"temperature": -0.1}, "temperature"),
