@@ -7,9 +7,10 @@ one matmul each, which matters at batch 1 where every kernel launch counts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -251,6 +252,23 @@ class LlamaModel(nn.Module):
 
     def packed_layers(self) -> list[PackedLinear]:
         return [m for m in self.modules() if isinstance(m, PackedLinear)]
+
+    @contextlib.contextmanager
+    def exact_arithmetic(self) -> Iterator[None]:
+        """Forward passes inside multiply packed weights with float32 activations, not
+        int8-rounded ones, and skip the fused few-row layer: the arithmetic of the float
+        reference whatever the step's size. For scoring a prompt, whose log-probabilities
+        would otherwise depend on how many rows its step has (~0.3 apart below 17)."""
+        packed = [(m, m.exact_activations) for m in self.packed_layers()]
+        fused, self._decode_layer = self._decode_layer, None
+        for m, _ in packed:
+            m.exact_activations = True
+        try:
+            yield
+        finally:
+            for m, was in packed:
+                m.exact_activations = was
+            self._decode_layer = fused
 
     def enable_packed_kernels(self, kernels: PackedKernels) -> None:
         """Packed layers multiply with our quantized-block kernel (backend/quantized/);

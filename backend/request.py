@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import llguidance
 import torch
 
 from backend.prompt_scores import TokenScore
@@ -71,6 +72,7 @@ class Request:
     scheduled_time: float | None = None  # the first step that worked on it (queue time)
     first_token_time: float | None = None  # prefill time = this - scheduled_time
     spec: SpecState | None = None  # set when this request speculates
+    grammar: llguidance.LLMatcher | None = None  # set when its answer follows a grammar
     # With params.prompt_logprobs: scores of prompt tokens 1.. as prefill chunks compute
     # them; None once sent (in the first delta).
     prompt_scores: list[TokenScore] | None = None

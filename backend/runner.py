@@ -12,6 +12,7 @@ A sequence that asks for its prompt's log-probabilities gets its prompt rows sco
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -121,9 +122,11 @@ class ModelRunner:
             decode_kernel=self.decode_kernel,
             prefill_kernel=self.prefill_kernel,
         )
-        hidden = self.model.forward(
-            self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache
-        )
+        # A scored prompt is computed as the float reference computes it (model.py).
+        with self.model.exact_arithmetic() if scored else contextlib.nullcontext():
+            hidden = self.model.forward(
+                self._tensor(input_ids), self._tensor(positions), meta, self.kv_cache
+            )
         logits = self.model.compute_logits(hidden[self._tensor(last_rows)])
         return StepOutput(
             logits,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from backend.structured.spec import GrammarSpec
+
 # Temperatures below this are treated as greedy: dividing logits by a near-zero value
 # overflows float32 (inf -> NaN probabilities) long before it means anything different.
 GREEDY_EPS = 1e-5
@@ -39,6 +41,9 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # token id -> bias, clamped to +-100
     n: int = 1  # choices per prompt: the engine's business, not the sampler's
     speculative: bool | None = None  # speculative decoding: None = the engine's default
+    # The answer follows this grammar (backend/structured/); such a request does not
+    # speculate.
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 0:

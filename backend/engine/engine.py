@@ -20,8 +20,8 @@ import uuid
 import torch
 from prometheus_client import CollectorRegistry
 
-from backend.attention import DecodeKernel, PrefillKernel
 from backend.blocks import BlockManager
+from backend.engine.attention_kernels import attention_kernels
 from backend.engine.config import EngineConfig
 from backend.engine.speculation import Speculation
 from backend.engine.stop_rules import emit_tokens
@@ -31,16 +31,19 @@ from backend.engine.validation import (
     completion_room,
     prompt_token_ids,
 )
-from backend.kernels import CpuKernels, attach_cpu_kernels, load_cpu_kernels
+from backend.kernels import attach_cpu_kernels, load_cpu_kernels
 from backend.loading.weights import LoadedModel, load_model
 from backend.metrics import EngineMetrics
 from backend.request import Delta, Request, RequestStream
 from backend.runner import ModelRunner
 from backend.sampler import SampleRequest, SampleResult, sample_batch
 from backend.sampling_params import SamplingParams
-from backend.scheduler import Scheduler, SchedulerConfig
+from backend.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from backend.sequence import Sequence
 from backend.speculative.verify import verify_draft
+from backend.structured import GrammarError
+from backend.structured.grammars import Grammars
+from backend.structured.masks import GrammarMasks, PendingMasks
 from backend.tokenizer import IncrementalDetokenizer, StopStringMatcher, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,7 @@ class Engine:
         elif self.model.packed_layers():
             log.info("no CPU kernels: expanding the packed quantized weights to %s", self.dtype)
             self.model.unpack()
-        decode_kernel, prefill_kernel = self._attention_kernels(kernels)
+        decode_kernel, prefill_kernel = attention_kernels(self.device, config.kernels, kernels)
         self.runner = ModelRunner(
             self.model,
             num_blocks,
@@ -99,6 +102,8 @@ class Engine:
         self.metrics = EngineMetrics(
             self, registry or CollectorRegistry(), config.served_model_name or loaded.name
         )
+        self.grammars = Grammars(self.tokenizer, loaded.config.vocab_size)
+        self.masks = GrammarMasks(loaded.config.vocab_size)
         self.speculation: Speculation | None = None
         if config.speculative is not None:
             self.speculation = Speculation(
@@ -123,27 +128,6 @@ class Engine:
         device = config.resolve_device()
         loaded = load_model(config.model, config.resolve_dtype(device), device, config.quantization)
         return cls(loaded, config)
-
-    def _attention_kernels(
-        self, cpu: CpuKernels | None
-    ) -> tuple[DecodeKernel | None, PrefillKernel | None]:
-        """Fused attention: our C++ decode kernel on CPU; on CUDA the Triton decode and
-        prefill kernels (backend/kernels/triton_attention.py) where triton is installed
-        (CUDA builds of torch bring it) and `kernels` is auto; else PyTorch's SDPA."""
-        if cpu is not None:
-            return cpu.paged_decode, None
-        if self.device.type != "cuda" or self.config.kernels != "auto":
-            return None, None
-        from backend.kernels.triton_attention import (
-            triton_available,
-            triton_decode_attention,
-            triton_prefill_attention,
-        )
-
-        if not triton_available():
-            log.warning("triton is not installed: CUDA attention runs PyTorch's SDPA")
-            return None, None
-        return triton_decode_attention, triton_prefill_attention
 
     def _blocks_that_fit(self, config: EngineConfig) -> int:
         cfg = self.model.config
@@ -174,6 +158,10 @@ class Engine:
         ids = prompt_token_ids(prompt, self.tokenizer)
         room = completion_room(len(ids), params, self.max_model_len)
         check_speculative(params, enabled=self.speculation is not None)
+        try:
+            grammar = self.grammars.matcher(params.grammar) if params.grammar else None
+        except GrammarError as exc:
+            raise RequestRejected(f"the grammar cannot be used: {exc}", "invalid_grammar") from exc
         spec = None
         if self.speculation is not None and self.speculation.wants(params):
             spec = self.speculation.new_state()
@@ -195,6 +183,7 @@ class Engine:
             arrival_time=time.monotonic(),
             spec=spec,
             prompt_scores=[] if params.prompt_logprobs is not None else None,
+            grammar=grammar,
         )
         stream = RequestStream(self, request_id, req.seq, asyncio.get_running_loop())
         with self._cv:
@@ -220,6 +209,7 @@ class Engine:
         self._thread.join(timeout=30)
         if not self._thread.is_alive():
             self.runner.release()
+        self.masks.close()
 
     @property
     def num_unfinished(self) -> int:
@@ -281,8 +271,11 @@ class Engine:
         try:
             if self.speculation is not None:
                 self.speculation.fill(batch.seqs)  # placeholders -> guesses (model proposers)
+            masks = self._start_masks(batch)  # built while the model runs
             began = time.perf_counter()  # StepCost models the verify step, not the guessing
             out = self.runner.execute(batch)
+            if masks is not None:
+                masks.apply(out.logits, out.sampling, out.num_rows)
             for seq, first, scores in out.prompt_scores:
                 self._requests[seq.seq_id].keep_prompt_scores(first, scores)
             emitted = self._sample(out.logits, out.sampling, out.num_rows)
@@ -327,6 +320,15 @@ class Engine:
                 self.blocks.trim(seq)  # slots of rejected guesses
             deltas.append((req, delta))
         return deltas
+
+    def _start_masks(self, batch: ScheduledBatch) -> PendingMasks | None:
+        """The masks of the sequences that sample under a grammar this step, started."""
+        grammars = {
+            s: self._requests[s.seq_id].grammar
+            for s, last in zip(batch.seqs, batch.sampling, strict=True)
+            if last
+        }
+        return self.masks.start({s: m for s, m in grammars.items() if m is not None})
 
     def _sample(
         self, logits: torch.Tensor, seqs: list[Sequence], num_rows: list[int]

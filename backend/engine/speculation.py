@@ -62,7 +62,10 @@ class Speculation:
         self.proposer = build_proposer(config, runner)
 
     def wants(self, params: SamplingParams) -> bool:
-        """Whether a request speculates: as it asks, else the server's default."""
+        """Whether a request speculates: as it asks, else the server's default. Never under
+        a grammar: guesses would have to be checked against it token by token."""
+        if params.grammar is not None:
+            return False
         if params.speculative is None:
             return not self.config.speculative_opt_in
         return params.speculative

@@ -4,7 +4,8 @@ Token by token: an end-of-generation token (unless ignore_eos) or one of the req
 stop_token_ids finishes it with "stop", a stop string in the text with "stop" (the
 string itself is not sent; tokenizer/stop_strings.py), max_tokens with "length".
 Tokens after the one that finishes the request are dropped. A request with max_tokens 0
-finishes with "length" once its prompt is computed (and scored, when it asked).
+finishes with "length" once its prompt is computed (and scored, when it asked). A request
+under a grammar (backend/structured/) stops as soon as the grammar can only end.
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ def _advance(req: Request, result: SampleResult, eos_token_ids: Set[int]) -> Del
     """Applies the stop rules to a freshly sampled token and builds its delta."""
     params, token = req.params, result.token_id
     text, matched, finish = "", False, None
+    if req.grammar is not None:
+        req.grammar.consume_token(token)  # allowed: the sampler saw only allowed tokens
     if (token in eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
         finish = "stop"
     else:
         text, matched = req.stop_matcher.feed(req.detokenizer.add(token))
-        if matched:
-            finish = "stop"
+        if matched or (req.grammar is not None and req.grammar.is_stopped()):
+            finish = "stop"  # a stop string, or a grammar that can only end now
         elif req.seq.num_output_tokens >= req.max_tokens:
             finish = "length"
     if finish is not None and not matched:

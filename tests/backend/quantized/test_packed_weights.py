@@ -226,3 +226,29 @@ def test_bad_quantization_settings_are_refused(smollm2_gguf: Path) -> None:
         load_model(smollm2_gguf, quantization="q3")
     with pytest.raises(ValueError, match="float32 activations"):
         load_model(smollm2_gguf, torch.bfloat16, quantization="int8")
+
+
+def test_prompt_scores_on_packed_weights_use_float_arithmetic(
+    packed_engine: Engine, reference: LoadedModel
+) -> None:
+    """A scored prompt is computed as the float reference computes it, however few its
+    tokens: steps of up to 16 rows otherwise round activations to int8 (scores then
+    differed by up to 0.33 on such prompts), and a prompt's scores would depend on what
+    shared its step."""
+    ids = packed_engine.tokenizer.encode("Which animal says moo? A cow.")
+    assert len(ids) <= 16
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+
+    async def scores() -> list[float]:
+        deltas = [d async for d in packed_engine.add_request(ids, params)]
+        return [s.logprob for s in deltas[0].prompt_logprobs or []]
+
+    got = torch.tensor(asyncio.run(scores()))
+    with torch.inference_mode():
+        model = reference.model
+        kv = model.allocate_kv_cache(1, 16, torch.float32, torch.device("cpu"))
+        meta = AttentionMetadata.single_prefill(len(ids), 16)
+        hidden = model(torch.tensor(ids), torch.arange(len(ids)), meta, kv)
+        ref = torch.log_softmax(model.compute_logits(hidden)[:-1], dim=-1)
+    want = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,67 @@
+"""The allowed-token bitmasks of the requests that sample under a grammar this step:
+built on a worker thread while the model computes the step's logits (llguidance fills
+masks without the GIL), then applied to those logits rows before sampling."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import llguidance as llg
+import torch
+
+
+class GrammarMasks:
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self._words = -(-vocab_size // 32)  # one bit per token, 32 to an int32
+        self._shifts = torch.arange(32, dtype=torch.int32)
+        self._pool: ThreadPoolExecutor | None = None  # started by the first grammar
+
+    def start(self, matchers: Mapping[Any, llg.LLMatcher]) -> PendingMasks | None:
+        """Starts building the bitmasks of these matchers (keyed by their sampling
+        sequence); None when there are none."""
+        if not matchers:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+        keys = list(matchers)
+        return PendingMasks(self, keys, self._pool.submit(self._fill, list(matchers.values())))
+
+    def _fill(self, matchers: list[llg.LLMatcher]) -> torch.Tensor:
+        """[len(matchers), words] int32: bit t of a row set = token t allowed."""
+        bitmask = torch.zeros(len(matchers), self._words, dtype=torch.int32)
+        row_bytes = self._words * 4
+        for i, matcher in enumerate(matchers):
+            # What llguidance.torch.fill_next_token_bitmask does; that module is not
+            # imported: it torch.compiles a function at import (inductor: seconds).
+            matcher.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), row_bytes)
+        return bitmask
+
+    @torch.inference_mode()  # the logits are the runner's inference tensors
+    def apply(self, logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
+        """Sets every token the bitmask forbids to -inf in `logits[rows]` ([N, vocab])."""
+        bits = (bitmask.unsqueeze(-1) >> self._shifts) & 1  # [m, words, 32]
+        allowed = bits.view(len(rows), -1)[:, : logits.shape[1]].bool().to(logits.device)
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMasks:
+    masks: GrammarMasks
+    keys: list[Any]  # the sampling sequences, in bitmask row order
+    bitmask: Future[torch.Tensor]
+
+    def apply(self, logits: torch.Tensor, sampling: list[Any], num_rows: list[int]) -> None:
+        """Masks the step's logits ([N, vocab]: `num_rows` rows per `sampling` sequence,
+        in order). A grammar's sequence has one row (it does not speculate)."""
+        first = dict(zip(sampling, itertools.accumulate(num_rows, initial=0), strict=False))
+        self.masks.apply(logits, [first[k] for k in self.keys], self.bitmask.result())
