@@ -75,7 +75,7 @@ def test_constrained_and_free_requests_share_steps(engine: Engine) -> None:
     async def together() -> list[list[Delta]]:
         streams = [
             engine.add_request(PROMPT, free),
-            *(engine.add_request(PROMPT, constrained(CITY, temperature=1.0, seed=s)) for s in (5, 6)),
+            *(engine.add_request(PROMPT, constrained(CITY, temperature=1, seed=s)) for s in (5, 6)),
             engine.add_request("Pick one:", constrained(GrammarSpec.choice(["up", "down"]))),
         ]
         return list(await asyncio.gather(*(consume(s) for s in streams)))
