@@ -78,6 +78,15 @@ class _GenerationRequest(Struct, kw_only=True):
     speculative: bool | None = None
     # vLLM's: the prompt's tokens scored, each with this many best alternatives.
     prompt_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    # The answer's form: OpenAI's (read on both endpoints, as vLLM does) and vLLM's
+    # extensions, current (`structured_outputs`) and older (`guided_*`). Checked on use
+    # (gateway/upstreams/grammar_params.py).
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest, kw_only=True):
@@ -86,7 +95,6 @@ class ChatCompletionRequest(_GenerationRequest, kw_only=True):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

@@ -1,5 +1,5 @@
 """Constrained decoding: answers that follow a JSON schema, a regular expression, a list
-of choices or a grammar, whatever the model would rather say.
+of choices or a grammar (Lark or GBNF), whatever the model would rather say.
 
 GrammarSpec         spec.py      what a request asks for (pure data, no library)
 GrammarError        spec.py      a spec the library cannot compile (the gateway: 400)

@@ -75,9 +75,7 @@ def _grammar_text(spec: GrammarSpec) -> str:
             )
         if spec.kind == "regex":
             return str(llg.LLMatcher.grammar_from_regex(spec.source))
-        if spec.kind == "lark":
-            return str(llg.LLMatcher.grammar_from_lark(spec.source))
-        return str(llg.grammar_from("gbnf" if spec.kind == "ebnf" else "choice", spec.source))
+        return str(llg.grammar_from(spec.kind, spec.source))  # choice, grammar
     except (ValueError, TypeError, RuntimeError) as exc:
         raise GrammarError(str(exc)) from exc
 

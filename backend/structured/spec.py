@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-GrammarKind = Literal["json_schema", "regex", "choice", "lark", "ebnf"]
-GRAMMAR_KINDS: tuple[GrammarKind, ...] = ("json_schema", "regex", "choice", "lark", "ebnf")
+# grammar: a Lark grammar or a GBNF (llama.cpp's EBNF) one, told apart by llguidance.
+GrammarKind = Literal["json_schema", "regex", "choice", "grammar"]
+GRAMMAR_KINDS: tuple[GrammarKind, ...] = ("json_schema", "regex", "choice", "grammar")
 
 
 class GrammarError(ValueError):
@@ -19,7 +20,7 @@ class GrammarError(ValueError):
 class GrammarSpec:
     kind: GrammarKind
     # json_schema: the schema as JSON text (keys in the author's order: properties are
-    # written in it); regex, lark, ebnf: the pattern or grammar text;
+    # written in it); regex, grammar: the pattern or grammar text;
     # choice: a JSON list of the allowed strings.
     source: str
 
@@ -34,8 +35,12 @@ class GrammarSpec:
         return cls.json_schema({"type": "object"})
 
     @classmethod
-    def choice(cls, options: list[str]) -> GrammarSpec:
-        if not options or not all(isinstance(o, str) for o in options):
+    def choice(cls, options: Any) -> GrammarSpec:
+        if (
+            not isinstance(options, list)
+            or not options
+            or not all(isinstance(o, str) for o in options)
+        ):
             raise GrammarError("a choice needs a non-empty list of strings")
         return cls("choice", json.dumps(options))
 

@@ -21,6 +21,7 @@ from backend.engine import Engine, RequestRejected
 from backend.prompt_scores import TokenScore
 from backend.request import RequestStream
 from backend.sampling_params import SamplingParams
+from backend.structured import GrammarError, GrammarSpec
 from gateway.call import CHAT, COMPLETIONS, Call, Reply
 from gateway.errors import InvalidRequest, invalid_body
 from gateway.payload import DecodeErrors, Payload, decoder
@@ -36,7 +37,6 @@ from gateway.schemas import (
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     Usage,
 )
@@ -49,7 +49,8 @@ from gateway.upstreams.engine_params import (
     sampling_params,
 )
 from gateway.upstreams.engine_streams import Choice, chunks, collect, merge, usage_of
-from gateway.upstreams.logprobs import LogprobFormatter, joined
+from gateway.upstreams.grammar_params import compile_error, grammar_spec
+from gateway.upstreams.logprobs import Echo, LogprobFormatter
 
 # Prompts longer than this (characters) are rendered and tokenized on a worker thread:
 # a long prompt takes the tokenizer milliseconds to seconds, during which the event
@@ -109,9 +110,8 @@ class EngineUpstream:
             sum(_text_size(m.content) for m in request.messages), self._render, request.messages
         )
         max_tokens = request.max_completion_tokens or request.max_tokens
-        params = sampling_params(
-            request, max_tokens, k, self.engine.tokenizer.vocab_size, prompt_scoring(request, k)
-        )
+        vocab, grammar = self.engine.tokenizer.vocab_size, await self._grammar(request)
+        params = sampling_params(request, max_tokens, k, vocab, prompt_scoring(request, k), grammar)
         n = request.n or 1
         streams = self._start([prompt], params, n, "messages")
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -222,12 +222,13 @@ class EngineUpstream:
         k = completion_logprobs(request)
         texts = prompt_list(request.prompt)
         vocab = self.engine.tokenizer.vocab_size
-        params = sampling_params(request, request.max_tokens, k, vocab, prompt_scoring(request, k))
+        scoring, grammar = prompt_scoring(request, k), await self._grammar(request)
+        params = sampling_params(request, request.max_tokens, k, vocab, scoring, grammar)
         n = request.n or 1
         size = sum(len(p) for p in texts if isinstance(p, str))
         prompts = await self._off_loop_if_large(size, self._tokenized, texts)
         streams = self._start(prompts, params, n, "prompt")
-        echo = _Echo(
+        echo = Echo(
             self.logprobs,
             prompts,
             [p if isinstance(p, str) else self.engine.tokenizer.decode(p) for p in texts]
@@ -276,7 +277,7 @@ class EngineUpstream:
         rid: str,
         created: int,
         include_usage: bool,
-        echo: _Echo,
+        echo: Echo,
         n: int,
     ) -> AsyncIterator[Completion]:
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
@@ -326,6 +327,21 @@ class EngineUpstream:
 
     # ---- shared ----------------------------------------------------------------------------
 
+    async def _grammar(
+        self, request: ChatCompletionRequest | CompletionRequest
+    ) -> GrammarSpec | None:
+        """The request's constraint, compiled now (on a worker thread: a large schema takes
+        milliseconds), so one the library refuses is a 400 before anything is queued."""
+        found = grammar_spec(request)
+        if found is None:
+            return None
+        spec, param = found
+        try:
+            await asyncio.to_thread(self.engine.grammars.compile, spec)
+        except GrammarError as exc:
+            raise compile_error(exc, spec, param) from None
+        return spec
+
     def _start(
         self, prompts: Sequence[str | list[int]], params: SamplingParams, n: int, param: str
     ) -> list[RequestStream]:
@@ -363,26 +379,6 @@ def _choice_params(params: SamplingParams, i: int) -> SamplingParams:
     if seed is not None:
         seed = (seed + i + 2**63) % 2**64 - 2**63  # stay a signed 64-bit value past the top
     return dataclasses.replace(params, seed=seed, prompt_logprobs=None)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Echo:
-    """What a legacy completion echoes per prompt: its text, and with `logprobs` (k) its
-    tokens' log-probabilities."""
-
-    formatter: LogprobFormatter
-    prompts: list[list[int]]
-    texts: list[str]  # "" where echo is off
-    k: int | None
-
-    def logprobs(
-        self, p: int, scores: list[TokenScore], then: CompletionLogprobs | None
-    ) -> CompletionLogprobs | None:
-        """Prompt p's echoed logprobs, followed by `then` (the completion's)."""
-        if self.k is None or not self.texts[p]:
-            return then
-        echoed = self.formatter.echoed(self.prompts[p], scores, self.k)
-        return echoed if then is None else joined(echoed, then)
 
 
 T = TypeVar("T")

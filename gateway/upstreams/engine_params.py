@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from backend.sampling_params import SamplingParams
+from backend.structured import GrammarSpec
 from gateway.errors import InvalidRequest
 from gateway.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
@@ -21,12 +22,8 @@ def unsupported(name: str) -> InvalidRequest:
 
 def chat_logprobs(request: ChatCompletionRequest) -> int | None:
     """How many alternatives to report per token, or None when logprobs are off."""
-    for name, bad in (
-        ("tools", bool(request.tools)),
-        ("response_format", (request.response_format or {}).get("type") not in (None, "text")),
-    ):
-        if bad:
-            raise unsupported(name)
+    if request.tools:
+        raise unsupported("tools")
     if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     return (request.top_logprobs or 0) if request.logprobs else None
@@ -57,6 +54,7 @@ def sampling_params(
     logprobs: int | None,
     vocab_size: int,
     prompt_logprobs: int | None = None,
+    grammar: GrammarSpec | None = None,
 ) -> SamplingParams:
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     try:
@@ -76,6 +74,7 @@ def sampling_params(
             prompt_logprobs=prompt_logprobs,
             logit_bias=_logit_bias(request.logit_bias, vocab_size),
             speculative=request.speculative,
+            grammar=grammar,
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc

@@ -4,6 +4,7 @@ and vLLM's `prompt_logprobs`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from backend.prompt_scores import TokenScore
 from backend.tokenizer import Tokenizer
@@ -114,3 +115,23 @@ def joined(first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLog
         top_logprobs=(first.top_logprobs or []) + (then.top_logprobs or []),
         text_offset=first.text_offset + then.text_offset,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """What a legacy completion echoes per prompt: its text, and with `logprobs` (k) its
+    tokens' log-probabilities."""
+
+    formatter: LogprobFormatter
+    prompts: list[list[int]]
+    texts: list[str]  # "" where echo is off
+    k: int | None
+
+    def logprobs(
+        self, p: int, scores: list[TokenScore], then: CompletionLogprobs | None
+    ) -> CompletionLogprobs | None:
+        """Prompt p's echoed logprobs, followed by `then` (the completion's)."""
+        if self.k is None or not self.texts[p]:
+            return then
+        echoed = self.formatter.echoed(self.prompts[p], scores, self.k)
+        return echoed if then is None else joined(echoed, then)
