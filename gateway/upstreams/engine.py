@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -26,24 +27,22 @@ from gateway.call import CHAT, COMPLETIONS, Call, Reply
 from gateway.errors import InvalidRequest, invalid_body
 from gateway.payload import DecodeErrors, Payload, decoder
 from gateway.schemas import (
-    AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
-    ChatMessage,
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
     CompletionRequest,
     Usage,
 )
+from gateway.upstreams.chat_prompt import off_loop_if_large, render_chat, text_size
 from gateway.upstreams.engine_params import (
     chat_logprobs,
     completion_logprobs,
-    message_dict,
     prompt_list,
     prompt_scoring,
     sampling_params,
@@ -51,11 +50,14 @@ from gateway.upstreams.engine_params import (
 from gateway.upstreams.engine_streams import Choice, chunks, collect, merge, usage_of
 from gateway.upstreams.grammar_params import compile_error, grammar_spec
 from gateway.upstreams.logprobs import Echo, LogprobFormatter
+from gateway.upstreams.tools import (
+    CallStream,
+    ToolRequest,
+    assistant_reply,
+    call_grammar,
+    tool_request,
+)
 
-# Prompts longer than this (characters) are rendered and tokenized on a worker thread:
-# a long prompt takes the tokenizer milliseconds to seconds, during which the event
-# loop would answer nothing else; a short one costs less than the thread hop.
-OFF_LOOP_CHARS = 16_384
 # Engine requests one call may start (prompts x n): past this a request is refused, so
 # a 1 KB body cannot become thousands of generations.
 MAX_SEQUENCES = 128
@@ -105,20 +107,20 @@ class EngineUpstream:
     async def chat(
         self, request: ChatCompletionRequest
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        k = chat_logprobs(request)
-        prompt = await self._off_loop_if_large(
-            sum(_text_size(m.content) for m in request.messages), self._render, request.messages
-        )
+        k, tools = chat_logprobs(request), tool_request(request)
+        render = functools.partial(render_chat, self.engine.tokenizer, tools=tools)
+        prompt = await off_loop_if_large(text_size(request.messages), render, request.messages)
         max_tokens = request.max_completion_tokens or request.max_tokens
-        vocab, grammar = self.engine.tokenizer.vocab_size, await self._grammar(request)
+        vocab, grammar = self.engine.tokenizer.vocab_size, await self._grammar(request, tools)
         params = sampling_params(request, max_tokens, k, vocab, prompt_scoring(request, k), grammar)
         n = request.n or 1
         streams = self._start([prompt], params, n, "messages")
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._chat_chunks(streams, rid, created, usage)
+            return self._chat_chunks(streams, rid, created, usage, tools)
         choices, prompt_tokens = await collect(streams, n)
+        replies = [assistant_reply(c.text, c.finish_reason, tools) for c in choices]
         return ChatCompletion(
             id=rid,
             created=created,
@@ -126,11 +128,13 @@ class EngineUpstream:
             choices=[
                 ChatChoice(
                     index=i,
-                    message=AssistantMessage(content=c.text),
-                    finish_reason=c.finish_reason,
+                    message=message,
+                    finish_reason=finish_reason,
                     logprobs=self._chat_logprobs(c) if k is not None else None,
                 )
-                for i, c in enumerate(choices)
+                for i, (c, (message, finish_reason)) in enumerate(
+                    zip(choices, replies, strict=True)
+                )
             ],
             usage=usage_of(prompt_tokens, choices),
             system_fingerprint=self.fingerprint,
@@ -145,7 +149,12 @@ class EngineUpstream:
         return ChoiceLogprobs(content=self.logprobs.chat(c.token_ids, c.logprobs, c.top_logprobs))
 
     async def _chat_chunks(
-        self, streams: list[RequestStream], rid: str, created: int, include_usage: bool
+        self,
+        streams: list[RequestStream],
+        rid: str,
+        created: int,
+        include_usage: bool,
+        tools: ToolRequest | None,
     ) -> AsyncIterator[ChatCompletionChunk]:
         def chunk(
             choices: list[ChatChunkChoice], usage: Usage | None = None
@@ -160,6 +169,7 @@ class EngineUpstream:
             return [chunk([ChatChunkChoice(index=i, delta=role)]) for i in range(len(streams))]
 
         totals = [Choice() for _ in streams]
+        calls = [CallStream(tools) if tools else None for _ in streams]  # tool calls parsed out
         prompt_tokens = 0  # n choices of one prompt: counted once
         started = False
         async with contextlib.aclosing(merge(streams)) as merged:  # aborts on early exit
@@ -180,41 +190,30 @@ class EngineUpstream:
                         delta.token_ids, delta.logprobs, delta.top_logprobs
                     )
                     logprobs = ChoiceLogprobs(content=entries)
-                if delta.text or logprobs is not None:
-                    content = ChatDelta(content=delta.text)
+                text, tool_calls, finish = delta.text, None, delta.finish_reason
+                parser = calls[i]
+                if parser is not None:
+                    parser.feed(text)
+                    if finish is not None:
+                        parser.finish()
+                        finish = "tool_calls" if parser.calls else finish
+                    text, deltas = parser.take()
+                    tool_calls = deltas or None
+                if text or logprobs is not None or tool_calls:
+                    content = ChatDelta(content=text or None, tool_calls=tool_calls)
                     yield chunk([ChatChunkChoice(index=i, delta=content, logprobs=logprobs)])
-                if delta.finish_reason is not None:
-                    end = ChatChunkChoice(
-                        index=i, delta=ChatDelta(), finish_reason=delta.finish_reason
-                    )
-                    yield chunk([end])
+                if finish is not None:
+                    yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(), finish_reason=finish)])
         if not started:
             for role in roles():
                 yield role
         if include_usage:
             yield chunk([], usage_of(prompt_tokens, totals))
 
-    async def _off_loop_if_large(self, size: int, fn: Callable[[T], R], arg: T) -> R:
-        if size > OFF_LOOP_CHARS:
-            return await asyncio.to_thread(fn, arg)
-        return fn(arg)
-
     def _tokenized(self, prompts: list[str | list[int]]) -> list[list[int]]:
         """Text prompts as token ids, as the engine would make them (BOS included)."""
         encode = self.engine.tokenizer.encode
         return [encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompts]
-
-    def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        try:
-            text = self.engine.tokenizer.apply_chat_template(
-                [message_dict(m, i) for i, m in enumerate(messages)], add_generation_prompt=True
-            )
-        except ValueError as exc:
-            raise InvalidRequest(
-                f"The messages could not be formatted: {exc}", param="messages"
-            ) from exc
-        # The template writes special tokens (BOS included) itself; add nothing more.
-        return self.engine.tokenizer.encode(text, add_special_tokens=False)
 
     # ---- legacy completions ---------------------------------------------------------------
 
@@ -226,7 +225,7 @@ class EngineUpstream:
         params = sampling_params(request, request.max_tokens, k, vocab, scoring, grammar)
         n = request.n or 1
         size = sum(len(p) for p in texts if isinstance(p, str))
-        prompts = await self._off_loop_if_large(size, self._tokenized, texts)
+        prompts = await off_loop_if_large(size, self._tokenized, texts)
         streams = self._start(prompts, params, n, "prompt")
         echo = Echo(
             self.logprobs,
@@ -328,11 +327,20 @@ class EngineUpstream:
     # ---- shared ----------------------------------------------------------------------------
 
     async def _grammar(
-        self, request: ChatCompletionRequest | CompletionRequest
+        self, request: ChatCompletionRequest | CompletionRequest, tools: ToolRequest | None = None
     ) -> GrammarSpec | None:
-        """The request's constraint, compiled now (on a worker thread: a large schema takes
-        milliseconds), so one the library refuses is a 400 before anything is queued."""
+        """The request's constraint (its own, or a forced tool call's), compiled now (on a
+        worker thread: a large schema takes milliseconds), so one the library refuses is a
+        400 before anything is queued."""
         found = grammar_spec(request)
+        forced = call_grammar(tools) if tools is not None else None
+        if forced is not None:
+            if found is not None:
+                raise InvalidRequest(
+                    f"'{found[1]}' cannot be combined with a forced tool call ('tool_choice').",
+                    param=found[1],
+                )
+            found = (forced, "tools")
         if found is None:
             return None
         spec, param = found
@@ -379,16 +387,3 @@ def _choice_params(params: SamplingParams, i: int) -> SamplingParams:
     if seed is not None:
         seed = (seed + i + 2**63) % 2**64 - 2**63  # stay a signed 64-bit value past the top
     return dataclasses.replace(params, seed=seed, prompt_logprobs=None)
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _text_size(content: Any) -> int:
-    """Characters of a message's content, however it is packaged."""
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(getattr(p, "text", None) or "") for p in content)
-    return 0

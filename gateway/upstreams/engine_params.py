@@ -22,8 +22,6 @@ def unsupported(name: str) -> InvalidRequest:
 
 def chat_logprobs(request: ChatCompletionRequest) -> int | None:
     """How many alternatives to report per token, or None when logprobs are off."""
-    if request.tools:
-        raise unsupported("tools")
     if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     return (request.top_logprobs or 0) if request.logprobs else None
