@@ -9,6 +9,7 @@ metrics as for chat.
     GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items  (stored responses)
     *    /v1/...                    forwarded by model
     GET  /health, /ready (gateway/http/probes.py), /metrics
+    POST /tokenize, /detokenize, GET /tokenizer_info  (engine models; tokenizer_routes.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from gateway.call import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Reply
 from gateway.errors import MethodNotAllowed, NotFound, Unauthorized
 from gateway.http.probes import Probes
+from gateway.http.tokenizer_routes import PATHS as TOKENIZER_PATHS
+from gateway.http.tokenizer_routes import serve_tokenizer
 from gateway.payload import Payload
 from gateway.runtime import Gateway, Incoming, serve_call
 
@@ -61,6 +64,9 @@ class Routes:
             return await self._stored_response(incoming), RESPONSES
         if path.startswith(API + "/"):
             return await serve_call(self.gateway, PASSTHROUGH, _forwarded(incoming)), PASSTHROUGH
+        if path in TOKENIZER_PATHS:
+            _method(incoming, "GET" if path == "/tokenizer_info" else "POST")
+            return serve_tokenizer(self.gateway, incoming), "tokenizer"
         if path == "/health":
             _method(incoming, "GET")
             return self.probes.health(self._is_admin(incoming)), "health"
