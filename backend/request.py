@@ -73,6 +73,7 @@ class Request:
     first_token_time: float | None = None  # prefill time = this - scheduled_time
     spec: SpecState | None = None  # set when this request speculates
     grammar: llguidance.LLMatcher | None = None  # set when its answer follows a grammar
+    closing: bool = False  # its JSON is being closed as its budget ends (structured/)
     # With params.prompt_logprobs: scores of prompt tokens 1.. as prefill chunks compute
     # them; None once sent (in the first delta).
     prompt_scores: list[TokenScore] | None = None

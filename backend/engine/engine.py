@@ -323,12 +323,9 @@ class Engine:
 
     def _start_masks(self, batch: ScheduledBatch) -> PendingMasks | None:
         """The masks of the sequences that sample under a grammar this step, started."""
-        grammars = {
-            s: self._requests[s.seq_id].grammar
-            for s, last in zip(batch.seqs, batch.sampling, strict=True)
-            if last
-        }
-        return self.masks.start({s: m for s, m in grammars.items() if m is not None})
+        sampling = [s for s, last in zip(batch.seqs, batch.sampling, strict=True) if last]
+        grammars = {s: self._requests[s.seq_id] for s in sampling}
+        return self.masks.start({s: r for s, r in grammars.items() if r.grammar}, self.tokenizer)
 
     def _sample(
         self, logits: torch.Tensor, seqs: list[Sequence], num_rows: list[int]

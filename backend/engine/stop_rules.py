@@ -61,8 +61,10 @@ def _advance(req: Request, result: SampleResult, eos_token_ids: Set[int]) -> Del
         finish = "stop"
     else:
         text, matched = req.stop_matcher.feed(req.detokenizer.add(token))
-        if matched or (req.grammar is not None and req.grammar.is_stopped()):
-            finish = "stop"  # a stop string, or a grammar that can only end now
+        if matched:
+            finish = "stop"
+        elif req.grammar is not None and req.grammar.is_stopped():  # it can only end now
+            finish = "length" if req.closing else "stop"  # closed early for its budget
         elif req.seq.num_output_tokens >= req.max_tokens:
             finish = "length"
     if finish is not None and not matched:

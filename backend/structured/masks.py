@@ -8,10 +8,16 @@ import itertools
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance as llg
 import torch
+
+from backend.structured.closing import closing_token
+from backend.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from backend.request import Request
 
 
 class GrammarMasks:
@@ -21,15 +27,23 @@ class GrammarMasks:
         self._shifts = torch.arange(32, dtype=torch.int32)
         self._pool: ThreadPoolExecutor | None = None  # started by the first grammar
 
-    def start(self, matchers: Mapping[Any, llg.LLMatcher]) -> PendingMasks | None:
-        """Starts building the bitmasks of these matchers (keyed by their sampling
-        sequence); None when there are none."""
+    def start(self, requests: Mapping[Any, Request], tokenizer: Tokenizer) -> PendingMasks | None:
+        """Starts building the bitmasks of these requests' matchers (keyed by their
+        sampling sequence); None when there are none. A request at the end of its budget
+        is also told the token that closes its JSON (closing.py)."""
+        matchers = [r.grammar for r in requests.values() if r.grammar is not None]
         if not matchers:
             return None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
-        keys = list(matchers)
-        return PendingMasks(self, keys, self._pool.submit(self._fill, list(matchers.values())))
+        forced = {}
+        for key, req in requests.items():
+            token = closing_token(req, tokenizer)
+            if token is not None:
+                forced[key] = token
+                req.closing = True
+        keys = list(requests)
+        return PendingMasks(self, keys, self._pool.submit(self._fill, matchers), forced)
 
     def _fill(self, matchers: list[llg.LLMatcher]) -> torch.Tensor:
         """[len(matchers), words] int32: bit t of a row set = token t allowed."""
@@ -42,12 +56,24 @@ class GrammarMasks:
         return bitmask
 
     @torch.inference_mode()  # the logits are the runner's inference tensors
-    def apply(self, logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
-        """Sets every token the bitmask forbids to -inf in `logits[rows]` ([N, vocab])."""
+    def apply(
+        self,
+        logits: torch.Tensor,
+        rows: list[int],
+        bitmask: torch.Tensor,
+        forced: Mapping[int, int] | None = None,
+    ) -> None:
+        """Sets every token the bitmask forbids to -inf in `logits[rows]` ([N, vocab]);
+        `forced`: row -> the only token that row may take (where the grammar allows it)."""
         bits = (bitmask.unsqueeze(-1) >> self._shifts) & 1  # [m, words, 32]
         allowed = bits.view(len(rows), -1)[:, : logits.shape[1]].bool().to(logits.device)
         index = torch.tensor(rows, device=logits.device)
         logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+        for row, token in (forced or {}).items():
+            if logits[row, token] > float("-inf"):
+                kept = logits[row, token].clone()
+                logits[row] = float("-inf")
+                logits[row, token] = kept
 
     def close(self) -> None:
         if self._pool is not None:
@@ -59,9 +85,11 @@ class PendingMasks:
     masks: GrammarMasks
     keys: list[Any]  # the sampling sequences, in bitmask row order
     bitmask: Future[torch.Tensor]
+    forced: dict[Any, int]  # sequence -> the token that closes its JSON in time
 
     def apply(self, logits: torch.Tensor, sampling: list[Any], num_rows: list[int]) -> None:
         """Masks the step's logits ([N, vocab]: `num_rows` rows per `sampling` sequence,
         in order). A grammar's sequence has one row (it does not speculate)."""
         first = dict(zip(sampling, itertools.accumulate(num_rows, initial=0), strict=False))
-        self.masks.apply(logits, [first[k] for k in self.keys], self.bitmask.result())
+        forced = {first[k]: token for k, token in self.forced.items()}
+        self.masks.apply(logits, [first[k] for k in self.keys], self.bitmask.result(), forced)

@@ -102,3 +102,14 @@ def test_a_grammar_that_cannot_compile_is_refused(
 ) -> None:
     error = reject(engine, "Hi", constrained(spec))
     assert error.code == "invalid_grammar" and message in str(error), str(error)
+
+
+def test_json_cut_by_max_tokens_is_closed_in_time(engine: Engine) -> None:
+    """An answer whose budget runs out mid-object closes what it has open with its last
+    tokens: it parses, and says "length" (it was cut, not finished)."""
+    for max_tokens, seed in ((9, 1), (14, 2), (21, 3), (40, 4)):
+        params = constrained(GrammarSpec.json_object(), max_tokens, temperature=1.0, seed=seed)
+        deltas = generate(engine, "Describe a busy market street in JSON, in detail:", params)
+        text = text_of(deltas)
+        assert deltas[-1].finish_reason == "length" and len(tokens_of(deltas)) == max_tokens
+        assert isinstance(json.loads(text), dict), text
