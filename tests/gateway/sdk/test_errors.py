@@ -29,7 +29,8 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
         ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs=True
         ({"logit_bias": {"not-a-token": 5}}, "logit_bias"),
         ({"logit_bias": {"99999999": 5}}, "logit_bias"),
