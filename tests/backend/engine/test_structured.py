@@ -111,5 +111,6 @@ def test_json_cut_by_max_tokens_is_closed_in_time(engine: Engine) -> None:
         params = constrained(GrammarSpec.json_object(), max_tokens, temperature=1.0, seed=seed)
         deltas = generate(engine, "Describe a busy market street in JSON, in detail:", params)
         text = text_of(deltas)
-        assert deltas[-1].finish_reason == "length" and len(tokens_of(deltas)) == max_tokens
+        # Closed within its budget (a few tokens early: closing.SLACK), still "length".
+        assert deltas[-1].finish_reason == "length" and len(tokens_of(deltas)) <= max_tokens
         assert isinstance(json.loads(text), dict), text
