@@ -143,19 +143,20 @@ def bench_exact(tmp: Path, hits: int) -> dict[str, Any]:
 # ---- 2. semantic cache -------------------------------------------------------------------
 
 
-def load_pairs() -> list[dict[str, str]]:
-    return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+def load_pairs(path: Path = PAIRS) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def bench_semantic(thresholds: list[float]) -> dict[str, Any]:
+async def bench_semantic(thresholds: list[float], path: Path = PAIRS) -> dict[str, Any]:
     import numpy as np
 
     from gateway.build import build_store, embedder_factory
     from gateway.config import EmbeddingsConfig, StoreConfig
+    from gateway.payload import Payload
     from gateway.schemas import AssistantMessage, ChatChoice, ChatCompletion, Usage
     from plugins.semantic_cache import SemanticCache
 
-    pairs = load_pairs()
+    pairs = load_pairs(path)
     load = embedder_factory(EmbeddingsConfig())
     assert load is not None
     embedder = await load()
@@ -172,12 +173,18 @@ async def bench_semantic(thresholds: list[float]) -> dict[str, Any]:
     async def ours(threshold: float) -> list[bool]:
         store = build_store(StoreConfig())
         cache = SemanticCache(threshold=threshold)
-        gw = SimpleNamespace(store=store, embedder=embedder, metrics=None)
+
+        async def load_embedder() -> Any:
+            return embedder
+
+        gw = SimpleNamespace(
+            store=store, embedder=embedder, metrics=None, load_embedder=load_embedder
+        )
         await cache.startup(gateway=gw)  # type: ignore[arg-type]
         hits = []
         for i, p in enumerate(pairs):
             partition = f"pair-{i}"
-            await cache.add(partition, p["a"], a_vecs[i], answer(p["a"]), 3600)
+            await cache.add(partition, p["a"], a_vecs[i], Payload.from_struct(answer(p["a"])), 3600)
             hits.append(await cache.lookup(partition, p["b"], b_vecs[i]) is not None)
         await cache.shutdown()
         await store.close()
@@ -300,6 +307,9 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.7,0.75,0.8,0.85,0.9")
     parser.add_argument("--skip", default="", help="comma list of exact,semantic,embeddings")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--pairs", type=Path, default=PAIRS, help="labelled pairs for the semantic cache"
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -312,7 +322,7 @@ def main() -> None:
             print(json.dumps(res["exact"], indent=1), flush=True)
         if "semantic" not in skip:
             thresholds = [float(t) for t in args.thresholds.split(",")]
-            res["semantic"] = asyncio.run(bench_semantic(thresholds))
+            res["semantic"] = asyncio.run(bench_semantic(thresholds, args.pairs))
             print(json.dumps(res["semantic"], indent=1), flush=True)
         if "embeddings" not in skip:
             extra = os.environ.get("BENCH_EMBEDDINGS_EXTRA", "").replace("\\n", "\n")
