@@ -24,6 +24,9 @@ from backend.loading.model_config import ModelConfig
 from backend.quantized import PackedKernels, PackedLinear
 from backend.rope import apply_rotary, cos_sin_cache, inverse_frequencies
 
+# Rows the LM head multiplies with the few-row kernels (packed weights stay packed);
+# more rows expand the whole head first (49k x 576: ~110 MB of float32 a call).
+LM_HEAD_MAX_ROWS = 64
 # The fused decoder layer for one-query rows (kernels/decode_layer.cpp): (x [T, hidden],
 # *DecoderLayer.fused_weights, cos [T, D/2], sin, k_cache, v_cache, slots [T],
 # block_tables [T, M], ctx_lens [T], num_heads) -> None, x updated in place.
@@ -342,4 +345,4 @@ class LlamaModel(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, vocab]."""
-        return project(hidden, self.lm_head, max_rows=64).float()
+        return project(hidden, self.lm_head, max_rows=LM_HEAD_MAX_ROWS).float()
