@@ -308,7 +308,7 @@ class Engine:
         for seq, results in zip(seqs, emitted, strict=True):
             req = self._requests[seq.seq_id]
             drafted = len(results) - 1 + rejected.get(seq.seq_id, 0)
-            if self.speculation is not None and results and req.max_tokens:
+            if self.speculation is not None and req.max_tokens:
                 self.speculation.record(req, drafted, len(results) - 1)
             delta = emit_tokens(req, results, self.tokenizer.eos_token_ids)
             if delta.token_ids:
@@ -324,8 +324,7 @@ class Engine:
     def _start_masks(self, batch: ScheduledBatch) -> PendingMasks | None:
         """The masks of the sequences that sample under a grammar this step, started."""
         sampling = [s for s, last in zip(batch.seqs, batch.sampling, strict=True) if last]
-        grammars = {s: self._requests[s.seq_id] for s in sampling}
-        return self.masks.start({s: r for s, r in grammars.items() if r.grammar}, self.tokenizer)
+        return self.masks.start({s: self._requests[s.seq_id] for s in sampling}, self.tokenizer)
 
     def _sample(
         self, logits: torch.Tensor, seqs: list[Sequence], num_rows: list[int]

@@ -1,6 +1,7 @@
 """An answer under a JSON grammar whose token budget is about to end is steered to close
 what it has open (json_close.py), so a cut answer still parses. It is forced one token
-at a time, from the step where the closing text needs all the tokens left."""
+at a time, from SLACK tokens before the step where the closing text needs all the
+tokens left."""
 
 from __future__ import annotations
 

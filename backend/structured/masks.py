@@ -22,28 +22,28 @@ if TYPE_CHECKING:
 
 class GrammarMasks:
     def __init__(self, vocab_size: int) -> None:
-        self.vocab_size = vocab_size
         self._words = -(-vocab_size // 32)  # one bit per token, 32 to an int32
         self._shifts = torch.arange(32, dtype=torch.int32)
         self._pool: ThreadPoolExecutor | None = None  # started by the first grammar
 
     def start(self, requests: Mapping[Any, Request], tokenizer: Tokenizer) -> PendingMasks | None:
-        """Starts building the bitmasks of these requests' matchers (keyed by their
-        sampling sequence); None when there are none. A request at the end of its budget
-        is also told the token that closes its JSON (closing.py)."""
-        matchers = [r.grammar for r in requests.values() if r.grammar is not None]
-        if not matchers:
+        """Starts building the bitmasks of those of these requests (keyed by their
+        sampling sequence) that have a grammar; None when none has. A request at the end
+        of its budget is also told the token that closes its JSON (closing.py)."""
+        constrained = {k: r for k, r in requests.items() if r.grammar is not None}
+        if not constrained:
             return None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         forced = {}
-        for key, req in requests.items():
+        for key, req in constrained.items():
             token = closing_token(req, tokenizer)
             if token is not None:
                 forced[key] = token
                 req.closing = True
-        keys = list(requests)
-        return PendingMasks(self, keys, self._pool.submit(self._fill, matchers), forced)
+        matchers = [r.grammar for r in constrained.values() if r.grammar is not None]
+        bitmask = self._pool.submit(self._fill, matchers)
+        return PendingMasks(self, list(constrained), bitmask, forced)
 
     def _fill(self, matchers: list[llg.LLMatcher]) -> torch.Tensor:
         """[len(matchers), words] int32: bit t of a row set = token t allowed."""

@@ -99,10 +99,8 @@ class CallStream:
     def _stream_arguments(self, text: str) -> None:
         """A named function's answer is its arguments: streamed as they come."""
         if not self.calls:
-            name = self.tools.named or ""
-            self.calls.append(Call(name, ""))
-            first = {"id": self.calls[0].id, "type": "function", "function": {"name": name}}
-            self._deltas.append({"index": 0, **first, "function": {"name": name, "arguments": ""}})
+            self.calls.append(Call(self.tools.named or "", ""))
+            self._deltas.append(_call_delta(0, self.calls[0]))
         call = self.calls[0]
         self.calls[0] = Call(call.name, call.arguments + text, call.id)
         if text:
@@ -122,10 +120,7 @@ class CallStream:
         for call in calls:
             if self.calls and not self.tools.parallel:
                 break
-            self._deltas.append({
-                "index": len(self.calls), "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            })  # fmt: skip
+            self._deltas.append(_call_delta(len(self.calls), call))
             self.calls.append(call)
         return True
 
@@ -152,6 +147,12 @@ class CallStream:
         self._spaces = ""
         self._out.append(text)
         self.content += text
+
+
+def _call_delta(index: int, call: Call) -> dict[str, Any]:
+    """A call's first streamed delta in OpenAI's shape (its arguments so far)."""
+    function = {"name": call.name, "arguments": call.arguments}
+    return {"index": index, "id": call.id, "type": "function", "function": function}
 
 
 def _partial_suffix(text: str, marker: str) -> int:
