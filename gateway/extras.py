@@ -32,7 +32,6 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("jinja2", "jinja2"),
         ("numpy", "numpy"),
         ("tqdm", "tqdm"),
-        ("platformdirs", "platformdirs"),
     ),
     "semantic": (
         ("sentence_transformers", "sentence-transformers"),

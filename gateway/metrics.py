@@ -95,6 +95,16 @@ class GatewayMetrics:
             "whose fresh answer disagreed with the cached one (since start).",
             registry=registry, multiprocess_mode="livemax",  # the worst worker's
         )  # fmt: skip
+        self.semantic_explorations = Counter(
+            "llm_gateway_semantic_explorations", "Verified semantic candidates the error "
+            "bound held back, answered by the backend and compared: agree, disagree or error.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.semantic_band_served = Gauge(
+            "llm_gateway_semantic_band_served", "1 where the semantic cache's error bound "
+            "serves hits in this similarity band now, 0 while the evidence is short.",
+            ["band"], registry=registry, multiprocess_mode="livemin",  # every worker's
+        )  # fmt: skip
 
     def upstream_outcome(self, backend: str, outcome: str) -> None:
         _child(self._children, self.upstream_requests, backend, outcome).inc()

@@ -10,7 +10,9 @@ Per call (chat completions whose newest message is a user turn of plain text):
    every other embedding call) and search the partition's FAISS index (plugins/
    semantic_index.py) for entries at `threshold` cosine or more.
 3. Verify each candidate, best first (policies/semantic_verify.py): numbers, negation,
-   polarity, key terms, task, word order, and a single swapped word must be a synonym.
+   polarity, key terms, task, word order, no opposite, sibling or differently measured
+   words in the same place (WordNet, gateway/lexicon/), and a single swapped word must be
+   a synonym.
 4. A hit answers from the store (replayed as chunks for streams) with
    `x-semantic-cache: hit` and `x-semantic-similarity`; a miss goes on and its complete
    answer is kept: the entry (vector, question, answer) in the store under
@@ -35,17 +37,20 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
-
-import msgspec
 
 from gateway import extras
 from gateway.call import CHAT, Call, Reply
+from gateway.lexicon import load_lexicon
 from gateway.payload import Payload
 from gateway.plugin import Next, Plugin
 from gateway.replay import record, replay
 from gateway.stores import Store, StoreError
 from plugins.exact_cache import decode_entry, encode_entry
+from plugins.semantic_evidence import Evidence
+from plugins.semantic_store import PREFIX, StoredEntry, decode_stored, encode_stored, load_entries
 from policies.cache import (
     CacheControl,
     entry_ttl,
@@ -54,6 +59,8 @@ from policies.cache import (
     parse_cache_control,
     semantic_split,
 )
+from policies.error_bound import ErrorBound
+from policies.semantic_contrast import Lexicon
 from policies.semantic_verify import Analysis, analyse, substitution, verify
 
 if TYPE_CHECKING:
@@ -66,22 +73,17 @@ log = logging.getLogger(__name__)
 
 HEADER = "x-semantic-cache"
 SIMILARITY_HEADER = "x-semantic-similarity"
-PREFIX = "sem:"
 SWEEP_EVERY_S = 60.0
 
 
-class StoredEntry(msgspec.Struct, array_like=True):
-    """What the store keeps per entry: enough to rebuild the index without re-embedding."""
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The best verified candidate: served, or held back by the error bound."""
 
-    partition: str
-    query: str
-    vector: bytes  # float32, the embedder's dimension
-    expires: float  # wall clock
-    answer: bytes  # exact_cache.encode_entry(body, created)
-
-
-_stored_decoder = msgspec.json.Decoder(StoredEntry)
-_encoder = msgspec.json.Encoder()
+    similarity: float
+    entry: IndexEntry
+    answer: Payload
+    served: bool
 
 
 class SemanticCache(Plugin):
@@ -100,12 +102,19 @@ class SemanticCache(Plugin):
         verify: bool = True,
         shadow_rate: float = 0.0,
         shadow_agreement: float = 0.9,
+        max_error_rate: float | None = None,
+        confidence: float = 0.95,
+        lexicon: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < threshold <= 1:
             raise TypeError("threshold must be in (0, 1]")
         if not 0 <= shadow_rate <= 1:
             raise TypeError("shadow_rate must be in [0, 1]")
+        if max_error_rate is not None and not 0 < max_error_rate < 1:
+            raise TypeError("max_error_rate must be in (0, 1)")
+        if not 0 < confidence < 1:
+            raise TypeError("confidence must be in (0, 1)")
         extras.require("semantic", "the semantic_cache plugin")
         self.threshold, self.k = threshold, candidates
         self.ttl_s, self.max_ttl_s = ttl_s, max_ttl_s
@@ -114,6 +123,13 @@ class SemanticCache(Plugin):
         self.only_reproducible = only_reproducible
         self.verify = verify
         self.shadow_rate, self.shadow_agreement = shadow_rate, shadow_agreement
+        self.bound = (
+            ErrorBound(max_error_rate, confidence, floor=threshold) if max_error_rate else None
+        )
+        # WordNet's folder: the one `llm-gateway models pull` fills unless given.
+        self.lexicon = Path(lexicon).expanduser() if lexicon else None
+        self.words: Lexicon | None = None  # WordNet, when found
+        self.evidence: Evidence | None = None
         self.index: PartitionedIndex | None = None
         self.store: Store | None = None
         self._gateway: PluginHost | None = None
@@ -121,7 +137,6 @@ class SemanticCache(Plugin):
         self._background: set[asyncio.Task[None]] = set()
         self._clock = clock  # wall clock: expiry times are shared with other replicas
         self._swept = clock()
-        self.shadow_agreed = self.shadow_disagreed = 0
 
     async def startup(self, *, gateway: PluginHost) -> None:
         from plugins.semantic_index import PartitionedIndex
@@ -131,6 +146,11 @@ class SemanticCache(Plugin):
             raise RuntimeError("semantic_cache needs the embedding model ([embeddings] enabled)")
         self._gateway, self.store = gateway, gateway.store
         self._embed = embedder.embed
+        self.evidence = Evidence(
+            self.bound, self.shadow_agreement, embedder.embed, lambda: gateway.metrics
+        )
+        if self.verify:
+            self.words = await load_lexicon(self.lexicon)
         self.index = PartitionedIndex(embedder.model.dim, self.max_entries, self._clock)
         await self.rebuild()
         if self.store.kind != "memory" and self.refresh_s > 0:
@@ -157,47 +177,10 @@ class SemanticCache(Plugin):
         assert self.store is not None and self.index is not None
         store: Store = getattr(self.store, "inner", self.store)
         try:
-            return await self._load_all(store)
+            return await load_entries(store, self.index, self._clock())
         except StoreError as exc:
             log.warning("semantic cache: cannot rebuild from the %s store: %s", store.kind, exc)
             return 0
-
-    async def _load_all(self, store: Store) -> int:
-        import numpy as np
-
-        from plugins.semantic_index import IndexEntry
-
-        assert self.index is not None
-        index = self.index
-        keys = [k for k in await store.scan(PREFIX) if _entry_id(k) not in index]
-        loaded, now = 0, self._clock()
-        for start in range(0, len(keys), 500):
-            batch = keys[start : start + 500]
-            for key, raw in zip(batch, await store.get_many(batch), strict=True):
-                stored = _decode_stored(raw)
-                if stored is None:
-                    continue
-                found = decode_entry(stored.answer)
-                if found is None or stored.expires <= now:
-                    continue
-                vector = np.frombuffer(stored.vector, dtype=np.float32)
-                if vector.shape != (self.index.dim,):
-                    continue  # written by another embedding model
-                entry = IndexEntry(
-                    id=_entry_id(key),
-                    partition=stored.partition,
-                    query=stored.query,
-                    analysis=analyse(stored.query),
-                    store_key=key,
-                    created=found[0],
-                    expires=stored.expires,
-                )
-                for gone in self.index.add(entry, vector):
-                    await store.delete(gone.store_key)
-                loaded += 1
-        if loaded:
-            log.info("semantic cache: %d entries loaded from the %s store", loaded, store.kind)
-        return loaded
 
     def _count(self, outcome: str) -> None:
         metrics = self._gateway.metrics if self._gateway is not None else None
@@ -230,24 +213,30 @@ class SemanticCache(Plugin):
             self._count("bypass")
             call.response_headers[HEADER] = "bypass"
             return await call_next(call)
+        found = None
         if control.may_read:
-            hit = await self.lookup(split.context_key, split.query, vector, control.max_age)
-            if hit is not None:
-                similarity, body = hit
+            found = await self.lookup(split.context_key, split.query, vector, control.max_age)
+            if found is not None and found.served:
+                body, evidence = found.answer, self.evidence
                 self._count("hit")
                 call.response_headers[HEADER] = "hit"
-                call.response_headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
-                if self.shadow_rate and random.random() < self.shadow_rate:
-                    self._spawn(self._shadow(call, call_next, body))
+                call.response_headers[SIMILARITY_HEADER] = f"{found.similarity:.4f}"
+                if evidence and self.shadow_rate and random.random() < self.shadow_rate:
+                    similarity, entry = found.similarity, found.entry
+                    self._spawn(evidence.shadow(call, call_next, body, similarity, entry))
                 if call.stream:  # the gateway hides the usage chunk if the client did not ask
                     return Reply(stream=replay(body, include_usage=True))
                 return Reply(body=body)
-        self._count("miss")
+        self._count("miss" if found is None else "explore")
         call.response_headers[HEADER] = "miss"
         ttl = entry_ttl(self.ttl_s, self.max_ttl_s, control)
+        held_back = found
 
         async def keep(body: Payload) -> None:
             await self.add(split.context_key, split.query, vector, body, ttl)
+            if held_back is not None and self.evidence is not None:
+                cached, similarity = held_back.answer, held_back.similarity
+                self._spawn(self.evidence.explored(cached, body, similarity, held_back.entry))
 
         reply = await call_next(call)
         if reply.body is not None:
@@ -258,8 +247,9 @@ class SemanticCache(Plugin):
 
     async def lookup(
         self, partition: str, query: str, vector: np.ndarray, max_age: float | None = None
-    ) -> tuple[float, Payload] | None:
-        """(similarity, answer) of the best verified entry, or None."""
+    ) -> Found | None:
+        """The best verified entry (served when the error bound, if any, allows it), or
+        None."""
         assert self.index is not None and self.store is not None
         found = self.index.search(partition, vector, self.k, self.threshold)
         if not found:
@@ -277,23 +267,25 @@ class SemanticCache(Plugin):
             if max_age is not None and not is_fresh(age, CacheControl(max_age=max_age)):
                 continue
             raw = await self.store.get(entry.store_key)
-            stored = _decode_stored(raw)
+            stored = decode_stored(raw)
             answer = decode_entry(stored.answer) if stored is not None else None
             if answer is None:  # expired or evicted in the store (perhaps by a replica)
                 self.index.remove(entry.id)
                 continue
-            self.index.touch(entry.id)
-            return similarity, answer[1]
+            served = self.evidence is None or self.evidence.allows(similarity, entry)
+            if served:
+                self.index.touch(entry.id)
+            return Found(similarity, entry, answer[1], served)
         return None
 
     async def _verified(self, entry: IndexEntry, new: Analysis) -> bool:
-        pair = substitution(entry.analysis, new)
+        pair = substitution(entry.analysis, new, self.words)
         similarity = None
         if pair is not None:
             assert self._embed is not None
             words = await self._embed(list(pair))
             similarity = float(words[0] @ words[1])
-        return verify(entry.analysis, new, similarity).same
+        return verify(entry.analysis, new, similarity, self.words).same
 
     async def add(
         self, partition: str, query: str, vector: np.ndarray, body: Payload, ttl_s: float
@@ -313,7 +305,7 @@ class SemanticCache(Plugin):
             expires=now + ttl_s,
             answer=encode_entry(body, now),
         )
-        await self.store.set(key, _encoder.encode(stored), ttl_s)
+        await self.store.set(key, encode_stored(stored), ttl_s)
         entry = IndexEntry(entry_id, partition, query, analyse(query), key, now, now + ttl_s)
         for gone in self.index.add(entry, vector):
             await self.store.delete(gone.store_key)
@@ -329,58 +321,3 @@ class SemanticCache(Plugin):
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _shadow(self, call: Call, call_next: Next, cached: Payload) -> None:
-        """Asks the backend too and compares its answer with the one served."""
-        fresh_call = call.edit(stream=None, stream_options=None).replace(
-            state={}, response_headers={}
-        )
-        try:
-            reply = await call_next(fresh_call)
-            assert reply.body is not None and self._embed is not None
-            texts = [_text(cached), _text(reply.body)]
-            vectors = await self._embed(texts)
-            agree = texts[0] == texts[1] or float(vectors[0] @ vectors[1]) >= self.shadow_agreement
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("semantic cache shadow check failed: %r", exc)
-            self._shadow_outcome("error")
-            return
-        if agree:
-            self.shadow_agreed += 1
-        else:
-            self.shadow_disagreed += 1
-        self._shadow_outcome("agree" if agree else "disagree")
-
-    def _shadow_outcome(self, outcome: str) -> None:
-        metrics = self._gateway.metrics if self._gateway is not None else None
-        if metrics is None:
-            return
-        metrics.shadow_checks.labels(outcome).inc()
-        checked = self.shadow_agreed + self.shadow_disagreed
-        if checked:
-            metrics.false_hit_rate.set(self.shadow_disagreed / checked)
-
-
-def _entry_id(key: str) -> int:
-    """sem:<partition>:<id> -> id."""
-    return int(key.rsplit(":", 1)[1])
-
-
-def _decode_stored(raw: bytes | None) -> StoredEntry | None:
-    if raw is None:
-        return None
-    try:
-        return _stored_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def _text(body: Payload) -> str:
-    parts = []
-    for c in body.data.get("choices") or ():
-        message = c.get("message") or {}
-        content = message.get("content") if "message" in c else c.get("text")
-        parts.append(content if isinstance(content, str) else "")
-    return "".join(parts)

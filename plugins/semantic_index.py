@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 
+from policies.error_bound import EntryEvidence
 from policies.semantic_verify import Analysis
 
 
@@ -34,6 +35,9 @@ class IndexEntry:
     store_key: str
     created: float  # wall clock (time.time), also what max-age is checked against
     expires: float  # wall clock
+    # What the entry's own labelled outcomes say (the error bound's per-entry part);
+    # kept in this process only: a restart or another replica starts it afresh.
+    evidence: EntryEvidence = field(default_factory=EntryEvidence)
 
 
 class PartitionedIndex:

@@ -20,16 +20,20 @@ mode" (0.93). Each check below looks for one such difference and vetoes the hit:
   K2" / "Is K2 taller than Everest") is a reversed relation;
 - scope: one question that is the other plus a narrowing phrase ("... for free",
   "... during pregnancy");
+- contrast: words in the same place of both that the caller's word relation (WordNet,
+  gateway/lexicon/) calls opposites, siblings or different measures ("largest"/
+  "smallest", "gold"/"silver", "3 days"/"3 weeks"; policies/semantic_contrast.py), after
+  words of one meaning cancel ("biggest"/"largest");
 - a single swapped content word must not be unrelated by the caller's word similarity
   (embedding cosine: "poem"/"story" 0.26, "python"/"javascript" 0.31 are vetoed;
-  "buy"/"purchase" 0.87 passes; close siblings such as "peru"/"chile" 0.67 are not
-  caught by this check).
+  "buy"/"purchase" 0.87 passes; close siblings such as "peru"/"chile" 0.67 are left to
+  the contrast check).
 
 The lexicons and SYNONYM_SIMILARITY were set on one half of the labelled pairs in
 bench/data (even lines) and are reported on the other half too (bench/cache.py).
 
 Pure text processing: no I/O, no model. The word similarity comes in as a number the
-caller computed for the pair `substitution()` names.
+caller computed for the pair `substitution()` names, the dictionary as an object.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+
+from policies.semantic_contrast import Lexicon, difference
 
 # A substituted word pair scoring below this (embedding cosine) is a different thing,
 # not a rewording.
@@ -277,18 +283,23 @@ class Verdict:
     reason: str  # which check vetoed ("" when same)
 
 
-def substitution(a: Analysis, b: Analysis) -> tuple[str, str] | None:
+def substitution(
+    a: Analysis, b: Analysis, lexicon: Lexicon | None = None
+) -> tuple[str, str] | None:
     """The word pair when `b` differs from `a` by exactly one content word swapped for
-    another; the caller scores the pair (embedding cosine) for `verify`."""
-    ca, cb = Counter(a.content), Counter(b.content)
-    only_a, only_b = ca - cb, cb - ca
-    if sum(only_a.values()) == 1 and sum(only_b.values()) == 1:
-        return next(iter(only_a)), next(iter(only_b))
-    return None
+    another that is not a synonym (`lexicon`); the caller scores the pair (embedding
+    cosine) for `verify`."""
+    return difference(a.content, b.content, lexicon).swapped
 
 
-def verify(a: Analysis, b: Analysis, substitution_similarity: float | None = None) -> Verdict:
-    """Whether cached question `a` and new question `b` ask the same thing."""
+def verify(
+    a: Analysis,
+    b: Analysis,
+    substitution_similarity: float | None = None,
+    lexicon: Lexicon | None = None,
+) -> Verdict:
+    """Whether cached question `a` and new question `b` ask the same thing (`lexicon`:
+    how words relate, policies/semantic_contrast.py)."""
     if a.numbers != b.numbers:
         return Verdict(False, "numbers")
     if a.negations % 2 != b.negations % 2:
@@ -302,14 +313,16 @@ def verify(a: Analysis, b: Analysis, substitution_similarity: float | None = Non
         return Verdict(False, "task")
     if a.languages and b.languages and a.languages != b.languages:
         return Verdict(False, "language")
-    if _swapped(a.frame, b.frame):
-        return Verdict(False, "order")
-    ca, cb = Counter(a.content), Counter(b.content)
-    only_a, only_b = ca - cb, cb - ca
+    if _swapped(a.frame, b.frame) or _swapped(a.words, b.words):
+        return Verdict(False, "order")  # the second: "is every square a rectangle"
+    diff = difference(a.content, b.content, lexicon)
+    only_a, only_b = diff.only_a, diff.only_b
     if any(_negated_form(x, y) for x in only_a for y in only_b):
         return Verdict(False, "negation")  # subscribe / unsubscribe, sensitive / insensitive
-    if _adds_qualifier(a, b, only_a, only_b):
-        return Verdict(False, "scope")  # one adds a condition: "... for free", "... in 2020"
+    if diff.contrast is not None:
+        return Verdict(False, "contrast")  # largest / smallest, gold / silver
+    if _adds_qualifier(a, b, only_a, only_b) or (diff.inserted not in (None, *_FRAMING)):
+        return Verdict(False, "scope")  # "... for free", "... in 2020", "all [hidden] files"
     if substitution_similarity is not None and substitution_similarity < SYNONYM_SIMILARITY:
         return Verdict(False, "substitution")
     return Verdict(True, "")
@@ -344,7 +357,7 @@ _FRAMING = frozenset(
     """explain explanation describe purpose mean meaning form keyword command function work
     happen use used definition define difference differ different exactly actually thing
     something stuff show walk through step steps way ok okay best correct proper properly
-    command tell say name called call""".split()
+    command tell say name called call sentence text""".split()
 )
 _PREPOSITIONS = frozenset(
     "for during in on over with without under after before since until within at".split()

@@ -37,7 +37,6 @@ BLOCKED = (
     "safetensors",
     "jinja2",
     "tqdm",
-    "platformdirs",
     "ninja",
 )
 # The Python arguments that run `llm-gateway` as the base install would.

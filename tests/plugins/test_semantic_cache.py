@@ -240,11 +240,13 @@ async def test_shadow_checks_measure_false_hits(store: FailOpenStore, embedder: 
     # The backend now answers the same question differently: a false hit.
     wrong = Chain([ChainEntry("semantic_cache", plugin)], _fixed("Paris is the capital."))
     assert (await _ask(wrong, _call("how could I reset my password")))[1] == "hit"
+    evidence = plugin.evidence
+    assert evidence is not None
     for _ in range(100):
-        if plugin.shadow_agreed + plugin.shadow_disagreed == 2:
+        if evidence.shadow_agreed + evidence.shadow_disagreed == 2:
             break
         await asyncio.sleep(0.05)
-    assert (plugin.shadow_agreed, plugin.shadow_disagreed) == (1, 1)
+    assert (evidence.shadow_agreed, evidence.shadow_disagreed) == (1, 1)
     registry = metrics.registry
     assert registry.get_sample_value("llm_gateway_semantic_false_hit_rate") == 0.5
     assert (

@@ -27,6 +27,12 @@ DIFFERENT = [
     ("Does the Moon orbit the Earth?", "Does the Earth orbit the Moon?", "order"),
     ("convert km to miles", "convert miles to km", "order"),
     ("Is a whale bigger than an elephant?", "Is an elephant bigger than a whale?", "order"),
+    ("Is every square a rectangle?", "Is every rectangle a square?", "order"),
+    (
+        "How do I list all files in a folder?",
+        "How do I list all hidden files in a folder?",
+        "scope",
+    ),
     ("turn on dark mode", "turn off dark mode", "polarity"),
     ("how to increase the font size", "how to decrease the font size", "polarity"),
     ("convert 5 miles to km", "convert 8 miles to km", "numbers"),
