@@ -68,22 +68,19 @@ class Evidence:
         fresh_call = call.edit(stream=None, stream_options=None).replace(
             state={}, response_headers={}
         )
-        try:
+
+        async def fresh() -> Payload:
             reply = await call_next(fresh_call)
             assert reply.body is not None
-            agree = await self.agree(cached, reply.body)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("semantic cache shadow check failed: %r", exc)
-            self._count("shadow", "error")
+            return reply.body
+
+        agree = await self._compare("shadow", cached, fresh(), similarity, entry)
+        if agree is None:
             return
         if agree:
             self.shadow_agreed += 1
         else:
             self.shadow_disagreed += 1
-        self._learn(similarity, agree, entry)
-        self._count("shadow", "agree" if agree else "disagree")
         metrics = self._metrics()
         if metrics is not None:
             checked = self.shadow_agreed + self.shadow_disagreed
@@ -93,16 +90,33 @@ class Evidence:
         self, cached: Payload, fresh: Payload, similarity: float, entry: IndexEntry
     ) -> None:
         """A candidate the bound held back was answered by the backend: compare."""
+
+        async def answered() -> Payload:
+            return fresh
+
+        await self._compare("explore", cached, answered(), similarity, entry)
+
+    async def _compare(
+        self,
+        source: str,
+        cached: Payload,
+        fresh: Awaitable[Payload],
+        similarity: float,
+        entry: IndexEntry,
+    ) -> bool | None:
+        """Whether the answers agree (None when that could not be found out): counted
+        by `source` and learned from."""
         try:
-            agree = await self.agree(cached, fresh)
+            agree = await self.agree(cached, await fresh)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("semantic cache exploration not compared: %r", exc)
-            self._count("explore", "error")
-            return
+            log.warning("semantic cache %s comparison failed: %r", source, exc)
+            self._count(source, "error")
+            return None
         self._learn(similarity, agree, entry)
-        self._count("explore", "agree" if agree else "disagree")
+        self._count(source, "agree" if agree else "disagree")
+        return agree
 
     def _learn(self, similarity: float, agree: bool, entry: IndexEntry) -> None:
         if self.bound is None:
