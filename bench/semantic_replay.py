@@ -3,7 +3,10 @@ live false-hit rate is watched as the bound learns.
 
     python bench/semantic_replay.py [--pairs FILE] [--passes 8] [--max-error-rate 0.02]
 
-Stream: `--passes` passes over the labelled pairs, each in a new random order (seeded).
+Stream: `--passes` passes over the labelled pairs, each in a new random order (seeded);
+with `--different-share`, each pass draws as many pairs with replacement, that share of
+them different-meaning (the labelled sets are about half hard negatives, built to be
+hard; real traffic repeats and rewords far more often than it nearly repeats).
 For each pair, question `a` is cached in a partition of its own (a new one each pass:
 the pass's users ask afresh, so only the bands' evidence carries over, not one entry's
 own) and question `b` is looked up through the plugin's real path: FAISS
@@ -49,6 +52,7 @@ async def replay(
     shadow_rate: float,
     floor: float,
     seed: int,
+    different_share: float | None = None,
 ) -> dict[str, Any]:
     from gateway.build import build_store, embedder_factory
     from gateway.config import EmbeddingsConfig, StoreConfig
@@ -75,8 +79,7 @@ async def replay(
     windows = []
     total = {"served": 0, "wrong": 0}
     for n in range(passes):
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
+        order = _draw(pairs, different_share, rng)
         w = {"pass": n, "served": 0, "wrong": 0, "same_served": 0, "explored": 0, "misses": 0}
         for i in order:
             partition = f"pass-{n}-pair-{i}"
@@ -94,7 +97,7 @@ async def replay(
             else:
                 w["explored"] += 1
                 cache.bound.observe(found.similarity, wrong, found.entry.evidence)
-        same = sum(p["label"] == "same" for p in pairs)
+        same = sum(pairs[i]["label"] == "same" for i in order)
         w["live_false_hit_rate"] = w["wrong"] / w["served"] if w["served"] else 0.0
         w["recall"] = w["same_served"] / same
         # Which similarity bands the bound serves at the window's end, lowest first.
@@ -111,7 +114,21 @@ async def replay(
     embedder.model.close()  # type: ignore[attr-defined]
     return {"pairs": len(pairs), "file": path.name, "max_error_rate": max_error_rate,
             "confidence": confidence, "shadow_rate": shadow_rate, "floor": floor,
-            "windows": windows}  # fmt: skip
+            "different_share": different_share, "windows": windows}  # fmt: skip
+
+
+def _draw(
+    pairs: list[dict[str, str]], different_share: float | None, rng: random.Random
+) -> list[int]:
+    """One pass: every pair once in a new order, or, with `different_share`, as many
+    draws (with replacement) of which that share are different-meaning pairs."""
+    if different_share is None:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        return order
+    same = [i for i, p in enumerate(pairs) if p["label"] == "same"]
+    different = [i for i, p in enumerate(pairs) if p["label"] != "same"]
+    return [rng.choice(different if rng.random() < different_share else same) for _ in pairs]
 
 
 def main() -> None:
@@ -123,16 +140,25 @@ def main() -> None:
     parser.add_argument("--shadow-rate", type=float, default=0.1)
     parser.add_argument("--floor", type=float, default=0.7, help="the index's own threshold")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--different-share",
+        type=float,
+        default=None,
+        help="draw each pass with this share of different-meaning pairs (the sets are "
+        "about half hard negatives; traffic has fewer)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     res = asyncio.run(
         replay(args.pairs, args.passes, args.max_error_rate, args.confidence,
-               args.shadow_rate, args.floor, args.seed)
+               args.shadow_rate, args.floor, args.seed, args.different_share)
     )  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
-    print(f"\n== replay of {res['file']} ({res['pairs']} pairs a pass), bound "
+    share = res["different_share"]
+    mix = f", {share:.0%} different-meaning draws" if share is not None else ""
+    print(f"\n== replay of {res['file']} ({res['pairs']} pairs a pass{mix}), bound "
           f"{res['max_error_rate']:.0%} at {res['confidence']:.0%} confidence")  # fmt: skip
     edges = ", ".join(f"{b / 5:.0%}" for b in range(5))
     print(f"bands: 5 equal similarity bands from --floor {res['floor']} to 1 ({edges} of the way)")
