@@ -11,6 +11,8 @@ relation the caller's lexicon supplies (WordNet's, gateway/lexicon/relations.py)
   reword: not a contrast);
 - a single word added inside the other question narrows it ("delete all [dangling]
   Docker images"), unless it can only be a noun ("the capital [city] of France");
+- different words after a shared "in", "as", "for" or "to" are another audience or form
+  ("explain it to a baseball fan" / "to a toddler", "in one sentence" / "in detail");
 - one word left on each side is a substitution the caller scores by embedding.
 
 Pure: the lexicon and the embedding score come in from the caller.
@@ -95,6 +97,40 @@ def difference(
     if swapped is not None and not only_a:
         swapped = None  # the swap was a synonym: nothing left to score
     return Difference(only_a, only_b, contrast, swapped, inserted)
+
+
+# Prepositions that introduce who an answer is for and what shape it takes ("explain it
+# [to a toddler]", "describe it [in one sentence]", "[as a table]", "[for a child]").
+FRAMING_PREPOSITIONS = frozenset("in as for to".split())
+
+
+def reframed(
+    frame_a: tuple[str, ...],
+    frame_b: tuple[str, ...],
+    lexicon: Lexicon | None,
+    stop: frozenset[str],
+) -> tuple[str, str] | None:
+    """The two phrases when the words after one shared framing preposition differ and
+    none of them are synonyms ("in one sentence" / "in detail", "to a baseball fan" / "to
+    a toddler"): the same topic for another audience or in another form. "how to X" is an
+    infinitive, not a preposition: left to the other checks."""
+    opcodes = SequenceMatcher(a=frame_a, b=frame_b, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in opcodes:
+        if tag != "replace" or i1 == 0 or j1 == 0 or frame_a[i1 - 1] != frame_b[j1 - 1]:
+            continue
+        before = frame_a[i1 - 1]
+        if before not in FRAMING_PREPOSITIONS or (
+            before == "to" and "how" in frame_a[i1 - 2 : i1 - 1]
+        ):
+            continue
+        xa = [w for w in frame_a[i1:i2] if w not in stop]
+        xb = [w for w in frame_b[j1:j2] if w not in stop]
+        if not xa or not xb:
+            continue
+        if lexicon is not None and any(lexicon.relation(x, y) == "same" for x in xa for y in xb):
+            continue
+        return " ".join(xa), " ".join(xb)
+    return None
 
 
 Opcodes = Sequence[tuple[str, int, int, int, int]]

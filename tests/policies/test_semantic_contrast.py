@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from policies.semantic_contrast import difference
+from policies.semantic_contrast import difference, reframed
 
 TABLE = {
     ("largest", "smallest"): "opposite", ("gold", "silver"): "sibling",
@@ -68,3 +68,14 @@ def test_a_word_added_inside_is_reported_and_one_at_an_end_is_not() -> None:
     assert difference(("capital", "france"), ("capital", "city", "france"), relate).inserted is None
     two_changes = ("delete", "dangling", "docker", "image", "now")
     assert difference(shared, two_changes, None).inserted is None
+
+
+def test_another_audience_or_form_after_the_same_preposition() -> None:
+    stop = frozenset({"a", "how", "to", "in", "one"})
+    one_sentence = ("describe", "it", "in", "one", "sentence")
+    in_detail = ("describe", "it", "in", "detail")
+    assert reframed(one_sentence, in_detail, None, stop) == ("sentence", "detail")
+    # "how to" is an infinitive; a synonym after the preposition is a rewording.
+    assert reframed(("how", "to", "boil", "egg"), ("how", "to", "cook", "egg"), None, stop) is None
+    assert reframed(("biggest", "in", "planet"), ("largest", "in", "planet"), None, stop) is None
+    assert reframed(("size", "in", "biggest"), ("size", "in", "largest"), relate, stop) is None
