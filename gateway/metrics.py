@@ -73,7 +73,8 @@ class GatewayMetrics:
 
         self.cache_lookups = Counter(
             "llm_gateway_cache_lookups", "Cache lookups by cache and outcome (hit, miss, "
-            "bypass: the request was not cacheable or asked not to be served from cache).",
+            "bypass: the request was not cacheable or asked not to be served from cache; "
+            "explore: a semantic candidate the error bound held back, answered upstream).",
             ["cache", "outcome"], registry=registry,
         )  # fmt: skip
         self.store_bypasses = Counter(
