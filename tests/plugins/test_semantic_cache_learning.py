@@ -22,7 +22,7 @@ __all__ = ["embedder", "model"]  # fixtures used here
 pytestmark = pytest.mark.anyio
 
 CONTRASTS = [
-    ("What is the chemical symbol for gold?", "What is the chemical symbol for silver?"),
+    ("Is gold a good conductor of electricity?", "Is silver a good conductor of electricity?"),
     ("What is the largest planet in the solar system?",
      "What is the smallest planet in the solar system?"),
     ("Write a haiku about autumn", "Write a haiku about spring"),
