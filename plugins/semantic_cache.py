@@ -61,7 +61,7 @@ from policies.cache import (
 )
 from policies.error_bound import ErrorBound
 from policies.semantic_contrast import Lexicon
-from policies.semantic_verify import Analysis, analyse, substitution, verify
+from policies.semantic_verify import Analysis, analyse, compare, verify
 
 if TYPE_CHECKING:
     import numpy as np
@@ -279,13 +279,13 @@ class SemanticCache(Plugin):
         return None
 
     async def _verified(self, entry: IndexEntry, new: Analysis) -> bool:
-        pair = substitution(entry.analysis, new, self.words)
+        diff = compare(entry.analysis, new, self.words)  # once: verify takes it back
         similarity = None
-        if pair is not None:
+        if diff.swapped is not None:
             assert self._embed is not None
-            words = await self._embed(list(pair))
+            words = await self._embed(list(diff.swapped))
             similarity = float(words[0] @ words[1])
-        return verify(entry.analysis, new, similarity, self.words).same
+        return verify(entry.analysis, new, similarity, self.words, diff).same
 
     async def add(
         self, partition: str, query: str, vector: np.ndarray, body: Payload, ttl_s: float

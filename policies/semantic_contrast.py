@@ -38,6 +38,8 @@ class Lexicon(Protocol):
         """Whether every sense the dictionary knows of `word` is a noun ("city")."""
 
 
+Opcodes = Sequence[tuple[str, int, int, int, int]]  # difflib's, per aligned span
+
 CONTRASTS = frozenset({"opposite", "sibling", "measure"})
 # A contrast is looked for only between words in the same place of the two questions
 # (aligned replaced spans of at most this many words a side): in a question reworded
@@ -73,7 +75,21 @@ def difference(
         inserted = None  # "the capital [city] of France": a noun naming what is there
     if lexicon is None or not only_a or not only_b:
         return Difference(only_a, only_b, None, swapped, inserted)
-    contrast = None
+    contrast = _first_contrast(content_a, content_b, opcodes, lexicon)
+    for x in list(only_a):
+        for y in list(only_b):
+            if only_a[x] and only_b[y] and lexicon.relation(x, y) == "same":
+                only_a[x] -= 1
+                only_b[y] -= 1
+    only_a, only_b = +only_a, +only_b  # drop the cancelled words
+    if swapped is not None and not only_a:
+        swapped = None  # the swap was a synonym: nothing left to score
+    return Difference(only_a, only_b, contrast, swapped, inserted)
+
+
+def _first_contrast(
+    content_a: tuple[str, ...], content_b: tuple[str, ...], opcodes: Opcodes, lexicon: Lexicon
+) -> tuple[str, str, str] | None:
     for tag, i1, i2, j1, j2 in opcodes:
         if tag != "replace" or i2 - i1 > MAX_SPAN or j2 - j1 > MAX_SPAN:
             continue
@@ -86,17 +102,9 @@ def difference(
             candidates = [(x, y) for x in span_a for y in span_b]
         for x, y in candidates:
             kind = lexicon.relation(x, y)
-            if contrast is None and kind in CONTRASTS:
-                contrast = (x, y, kind)
-    for x in list(only_a):
-        for y in list(only_b):
-            if only_a[x] and only_b[y] and lexicon.relation(x, y) == "same":
-                only_a[x] -= 1
-                only_b[y] -= 1
-    only_a, only_b = +only_a, +only_b  # drop the cancelled words
-    if swapped is not None and not only_a:
-        swapped = None  # the swap was a synonym: nothing left to score
-    return Difference(only_a, only_b, contrast, swapped, inserted)
+            if kind in CONTRASTS:
+                return x, y, kind
+    return None
 
 
 # Prepositions that introduce who an answer is for and what shape it takes ("explain it
@@ -131,9 +139,6 @@ def reframed(
             continue
         return " ".join(xa), " ".join(xb)
     return None
-
-
-Opcodes = Sequence[tuple[str, int, int, int, int]]
 
 
 def _inserted_inside(a: tuple[str, ...], b: tuple[str, ...], opcodes: Opcodes) -> str | None:

@@ -32,7 +32,7 @@ Lexicons and thresholds were set on bench/data/semantic_pairs.jsonl (even lines)
 semantic_pairs_contrast.jsonl, never on semantic_pairs_heldout.jsonl (bench/cache.py).
 
 Pure text processing: no I/O, no model. The word similarity comes in as a number the
-caller computed for the pair `substitution()` names, the dictionary as an object.
+caller computed for the pair `compare()` names, the dictionary as an object.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from policies.semantic_contrast import Lexicon, difference, reframed
+from policies.semantic_contrast import Difference, Lexicon, difference, reframed
 
 # A substituted word pair scoring below this (embedding cosine) is a different thing,
 # not a rewording.
@@ -282,13 +282,11 @@ class Verdict:
     reason: str  # which check vetoed ("" when same)
 
 
-def substitution(
-    a: Analysis, b: Analysis, lexicon: Lexicon | None = None
-) -> tuple[str, str] | None:
-    """The word pair when `b` differs from `a` by exactly one content word swapped for
-    another that is not a synonym (`lexicon`); the caller scores the pair (embedding
-    cosine) for `verify`."""
-    return difference(a.content, b.content, lexicon).swapped
+def compare(a: Analysis, b: Analysis, lexicon: Lexicon | None = None) -> Difference:
+    """What `b`'s content words differ from `a`'s by (policies/semantic_contrast.py). Its
+    `swapped` pair (one word swapped for a non-synonym) is what the caller scores by
+    embedding cosine for `verify`, which takes this same Difference back."""
+    return difference(a.content, b.content, lexicon)
 
 
 def verify(
@@ -296,9 +294,10 @@ def verify(
     b: Analysis,
     substitution_similarity: float | None = None,
     lexicon: Lexicon | None = None,
+    diff: Difference | None = None,
 ) -> Verdict:
     """Whether cached question `a` and new question `b` ask the same thing (`lexicon`:
-    how words relate, policies/semantic_contrast.py)."""
+    how words relate; `diff`: `compare(a, b, lexicon)` when the caller has it)."""
     if a.numbers != b.numbers:
         return Verdict(False, "numbers")
     if a.negations % 2 != b.negations % 2:
@@ -314,7 +313,7 @@ def verify(
         return Verdict(False, "language")
     if _swapped(a.frame, b.frame) or _swapped(a.words, b.words):
         return Verdict(False, "order")  # the second: "is every square a rectangle"
-    diff = difference(a.content, b.content, lexicon)
+    diff = diff or compare(a, b, lexicon)
     only_a, only_b = diff.only_a, diff.only_b
     if any(_negated_form(x, y) for x in only_a for y in only_b):
         return Verdict(False, "negation")  # subscribe / unsubscribe, sensitive / insensitive

